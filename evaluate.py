@@ -1,0 +1,29 @@
+"""Evaluate ptdistill: `python evaluate.py ckpt_path=PATH dataset=NAME [task=iou|efficiency|export]`."""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ptdistill.errors import UserError
+from ptdistill.evaluation import evaluate_iou
+
+TASKS = {"iou": evaluate_iou}
+
+log = logging.getLogger("ptdistill")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        if cfg.task not in TASKS:
+            raise UserError(f"unknown task={cfg.task!r}; choose one of {sorted(TASKS)}")
+        TASKS[cfg.task](cfg)
+    except UserError as error:
+        log.error("%s", error)
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

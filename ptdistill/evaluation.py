@@ -1,0 +1,85 @@
+"""`evaluate.py task=iou`: the per-class IoU table of a trained model, like the paper's Tables 1-2."""
+
+import csv
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ptdistill.errors import UserError
+from ptdistill.modules.segmentation import SegmentationModule
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A train.py checkpoint, read with `weights_only=True`: files from elsewhere are untrusted."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe pickles
+        raise UserError(f"cannot read checkpoint {path} as a weights-only file: {error}") from None
+    if "hyper_parameters" not in checkpoint or "model" not in checkpoint["hyper_parameters"]:
+        raise UserError(f"{path} is not a ptdistill train.py checkpoint (no model config inside)")
+    return checkpoint
+
+
+def module_from_checkpoint(path: str | Path) -> SegmentationModule:
+    """The trained model (the student of a distillation run), in a stage-1 module, teacher-free."""
+    checkpoint = load_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    module = SegmentationModule(
+        model=hparams["model"],
+        criterion=hparams["criterion"],
+        optimizer=hparams["optimizer"],
+        scheduler=hparams["scheduler"],
+        num_classes=hparams["num_classes"],
+        class_names=hparams["class_names"],
+        ignore_index=hparams["ignore_index"],
+    )
+    weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    module.model.load_state_dict(weights)
+    return module.eval()
+
+
+def iou_table(metrics: dict, class_names: list[str], stage: str) -> list[tuple[str, float]]:
+    rows = [(name, float(metrics[f"{stage}/IoU/{name}"])) for name in class_names]
+    return [*rows, ("mIoU", float(metrics[f"{stage}/mIoU"]))]
+
+
+def format_table(rows: list[tuple[str, float]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'class':<{width}}  IoU (%)", f"{'-' * width}  -------"]
+    lines += [f"{name:<{width}}  {100 * value:7.2f}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def evaluate_iou(cfg: DictConfig) -> list[tuple[str, float]]:
+    if not cfg.ckpt_path:
+        raise UserError("evaluate.py task=iou needs ckpt_path=PATH (a train.py checkpoint)")
+    module = module_from_checkpoint(cfg.ckpt_path)
+    if module.hparams.num_classes != cfg.dataset.num_classes:
+        raise UserError(
+            f"checkpoint {cfg.ckpt_path} predicts {module.hparams.num_classes} classes, "
+            f"dataset={cfg.dataset.name} has {cfg.dataset.num_classes}"
+        )
+    datamodule = instantiate(cfg.dataset.datamodule)
+    trainer = instantiate(cfg.trainer, logger=False)
+    if cfg.split == "val":
+        trainer.validate(module, datamodule=datamodule)
+    elif cfg.split == "test":
+        trainer.test(module, datamodule=datamodule)
+    else:
+        raise UserError(f"split must be val or test, got {cfg.split!r}")
+    rows = iou_table(trainer.callback_metrics, list(cfg.dataset.class_names), cfg.split)
+    print(format_table(rows))
+    out = Path(cfg.paths.output_dir) / f"iou_{cfg.dataset.name}_{cfg.split}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        csv.writer(f).writerows([("class", "iou"), *rows])
+    log.info("Wrote %s", out)
+    return rows

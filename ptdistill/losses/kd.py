@@ -1,0 +1,30 @@
+"""L_kd of Eq. 8: KL divergence between temperature-softened teacher and student distributions."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KLDivergenceLoss(nn.Module):
+    """T² · KL(softmax(z_T / T) ‖ softmax(z_S / T)), averaged over the points that are not ignored.
+
+    The T² factor keeps the gradient scale independent of the temperature (Hinton et al., 2015).
+    """
+
+    def __init__(self, temperature: float = 4.0, ignore_index: int = -1):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"KD temperature must be positive, got {temperature}")
+        self.temperature = temperature
+        self.ignore_index = ignore_index
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """student_logits (N, K), teacher_logits (N, K), target (N,) -> scalar."""
+        keep = target != self.ignore_index  # (N,)
+        if not keep.any():
+            return student_logits.sum() * 0.0
+        t = self.temperature
+        log_p_student = F.log_softmax(student_logits[keep] / t, dim=1)  # (N', K)
+        log_p_teacher = F.log_softmax(teacher_logits[keep].detach() / t, dim=1)  # (N', K)
+        kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+        return kl * t * t

@@ -1,0 +1,116 @@
+"""What `train.py` runs: stage 1 (teacher or no-KD student) and stage 2 (distillation, Eq. 8).
+
+A stage-2 run needs a teacher. Without `stage.teacher_checkpoint`, the teacher trained earlier for the
+same dataset and teacher config is reused from `paths.teacher_dir`, or trained first (and logged).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+def teacher_home(cfg: DictConfig) -> Path:
+    """Registry folder of the teacher for this dataset and teacher architecture."""
+    key = {
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "teacher": OmegaConf.to_container(cfg.model.teacher, resolve=True),
+    }
+    key["dataset"].pop("datamodule", None)  # loader settings do not change the teacher
+    key["teacher"].pop("checkpoint", None)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cfg.paths.teacher_dir) / f"{cfg.dataset.name}-{digest}"
+
+
+def fit(cfg: DictConfig) -> dict:
+    """Train the module that `cfg.stage` describes; return its best val mIoU and checkpoint."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    module = instantiate(cfg.stage.module)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
+    checkpoint = trainer.checkpoint_callback
+    result = {
+        "val/mIoU": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan"),
+        "checkpoint": checkpoint.best_model_path or checkpoint.last_model_path,
+    }
+    if cfg.get("test"):
+        trainer.test(module, datamodule=datamodule, ckpt_path=result["checkpoint"])
+    if cfg.stage.name == "teacher" and trainer.is_global_zero:
+        _register_teacher(cfg, result)
+    return result
+
+
+def _resume_path(cfg: DictConfig) -> str | None:
+    if cfg.ckpt_path == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return str(path) if path.exists() else None
+    return cfg.ckpt_path
+
+
+def _register_teacher(cfg: DictConfig, result: dict) -> None:
+    home = teacher_home(cfg)
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result["checkpoint"], home / "teacher.ckpt")
+    (home / "teacher.json").write_text(json.dumps({"val/mIoU": result["val/mIoU"], "source": result["checkpoint"]}))
+    log.info("Registered the teacher (val mIoU %.4f) at %s", result["val/mIoU"], home / "teacher.ckpt")
+
+
+def _compose_stage(stage: str, run_name: str) -> DictConfig:
+    """The current run's config with another stage, in a sub-folder of this run's output folder."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("stage=", "stage."))]
+    cfg = compose("train", overrides=[*overrides, f"stage={stage}"], return_hydra_config=True)
+    with open_dict(cfg):
+        output_dir = Path(HydraConfig.get().runtime.output_dir) / run_name
+        cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra
+    return cfg
+
+
+def resolve_teacher(cfg: DictConfig) -> tuple[str, float | None]:
+    """The teacher checkpoint of a distillation run, trained first when there is none."""
+    if cfg.stage.teacher_checkpoint:
+        return cfg.stage.teacher_checkpoint, None
+    home = teacher_home(cfg)
+    if not (home / "teacher.ckpt").exists():
+        log.info("No stage-1 teacher for dataset=%s at %s: training the teacher first.", cfg.dataset.name, home)
+        fit(_compose_stage("teacher", "teacher"))
+    else:
+        log.info("Reusing the stage-1 teacher at %s", home / "teacher.ckpt")
+    metrics = json.loads((home / "teacher.json").read_text())
+    return str(home / "teacher.ckpt"), metrics["val/mIoU"]
+
+
+def train(cfg: DictConfig) -> float:
+    """Run the configured stage; return the metric that sweeps optimise."""
+    if cfg.stage.name != "distill":
+        return fit(cfg)["val/mIoU"]
+    teacher_checkpoint, teacher_miou = resolve_teacher(cfg)
+    rows = {"teacher": teacher_miou}
+    if cfg.stage.baseline:
+        rows["student (no KD)"] = fit(_compose_stage("student", "student"))["val/mIoU"]
+    with open_dict(cfg):
+        cfg.model.teacher.checkpoint = teacher_checkpoint
+    rows[f"student (KD, loss={cfg.loss.name})"] = fit(cfg)["val/mIoU"]
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        print(comparison_table(rows))
+    return rows[f"student (KD, loss={cfg.loss.name})"]
+
+
+def comparison_table(rows: dict[str, float | None]) -> str:
+    lines = ["| model | val mIoU |", "|---|---|"]
+    lines += [f"| {name} | {'n/a' if v is None else f'{100 * v:.2f}'} |" for name, v in rows.items()]
+    return "\n".join(lines)

@@ -104,10 +104,13 @@ def train(cfg: DictConfig) -> float:
         rows["student (no KD)"] = fit(_compose_stage("student", "student"))["val/mIoU"]
     with open_dict(cfg):
         cfg.model.teacher.checkpoint = teacher_checkpoint
-    rows[f"student (KD, loss={cfg.loss.name})"] = fit(cfg)["val/mIoU"]
+    student_miou = fit(cfg)["val/mIoU"]
+    rows[f"student (KD, loss={cfg.loss.name})"] = student_miou
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(comparison_table(rows))
-    return rows[f"student (KD, loss={cfg.loss.name})"]
+        summary = {"dataset": cfg.dataset.name, "loss": cfg.loss.name, "seed": cfg.seed, "val/mIoU": student_miou}
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps({**summary, "rows": rows}))
+    return student_miou
 
 
 def comparison_table(rows: dict[str, float | None]) -> str:

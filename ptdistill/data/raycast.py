@@ -1,8 +1,9 @@
 """Analytic ray casting against planes, boxes, cylinders and ellipsoids, vectorised in numpy.
 
-All rays start at one origin (the sensor). Each primitive family returns the distance `t (R, P)` from
-the origin along every ray `dirs (R, 3)` (unit vectors) to every primitive, `inf` where the ray misses;
-`cast` keeps the nearest hit, so occlusion comes for free.
+All rays start at one origin (the sensor). `cast` pairs each primitive only with the rays whose
+azimuth can reach its bounding sphere, computes the distance of every (ray, primitive) pair
+analytically in one vectorised call per primitive family, and keeps the nearest hit of every ray,
+so occlusion comes for free.
 """
 
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import numpy as np
 
 
 def _rotate_z(x: np.ndarray, y: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate the vectors (x, y) by -yaw: world frame into the frame of a primitive with that yaw."""
+    """Rotate the vectors (x, y) by -yaw: from the world frame into the frame of a primitive with that yaw."""
     cos, sin = np.cos(yaw), np.sin(yaw)
     return cos * x + sin * y, cos * y - sin * x
 
@@ -32,33 +33,32 @@ class Boxes:
     half: np.ndarray
     yaw: np.ndarray
 
-    def distance(self, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-        """Slab test in each box's frame. origin (3,), dirs (R, 3) -> t (R, P)."""
-        ox, oy = _rotate_z(*(origin[:2] - self.center[:, :2]).T, self.yaw)  # (P,)
-        local_origin = np.stack([ox, oy, origin[2] - self.center[:, 2]], axis=1)  # (P, 3)
-        dx, dy = _rotate_z(dirs[:, :1], dirs[:, 1:2], self.yaw)  # (R, P)
-        t_near = np.zeros(dx.shape, dtype=dirs.dtype)
-        t_far = np.full(dx.shape, np.inf, dtype=dirs.dtype)
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.center, np.linalg.norm(self.half, axis=1)
+
+    def distance(self, origin: np.ndarray, dirs: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Slab test in each box's frame. origin (3,), dirs (M, 3), index (M,) -> t (M,)."""
+        yaw, half, offset = self.yaw[index], self.half[index], origin - self.center[index]  # offset (M, 3)
+        ox, oy = _rotate_z(offset[:, 0], offset[:, 1], yaw)
+        dx, dy = _rotate_z(dirs[:, 0], dirs[:, 1], yaw)
+        t_near, t_far = np.zeros(len(dirs)), np.full(len(dirs), np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
-            for axis, d in enumerate((dx, dy, dirs[:, 2:3])):
-                inv = 1.0 / d
-                t1 = (-self.half[:, axis] - local_origin[:, axis]) * inv
-                t2 = (self.half[:, axis] - local_origin[:, axis]) * inv
+            for o, d, h in ((ox, dx, half[:, 0]), (oy, dy, half[:, 1]), (offset[:, 2], dirs[:, 2], half[:, 2])):
+                t1, t2 = (-h - o) / d, (h - o) / d
                 t_near = np.maximum(t_near, np.minimum(t1, t2))
                 t_far = np.minimum(t_far, np.maximum(t1, t2))
         return np.where((t_near <= t_far) & (t_near > 0), t_near, np.inf)
 
     def normal(self, points: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Outward normal of the face each hit lies on. points (M, 3), index (M,) -> (M, 3)."""
-        yaw = self.yaw[index]
-        offset = points - self.center[index]
+        yaw, offset, rows = self.yaw[index], points - self.center[index], np.arange(len(points))
         lx, ly = _rotate_z(offset[:, 0], offset[:, 1], yaw)
-        local = np.stack([lx, ly, offset[:, 2]], axis=1) / self.half[index]  # on the face: |coord| = 1
+        local = np.stack([lx, ly, offset[:, 2]], axis=1) / self.half[index]  # |local| = 1 on the hit face
         axis = np.abs(local).argmax(axis=1)
         normal = np.zeros_like(points)
-        normal[np.arange(len(points)), axis] = np.sign(local[np.arange(len(points)), axis])
-        cos, sin = np.cos(yaw), np.sin(yaw)
-        return np.stack([cos * normal[:, 0] - sin * normal[:, 1], sin * normal[:, 0] + cos * normal[:, 1], normal[:, 2]], axis=1)
+        normal[rows, axis] = np.sign(local[rows, axis])
+        nx, ny = _rotate_z(normal[:, 0], normal[:, 1], -yaw)
+        return np.stack([nx, ny, normal[:, 2]], axis=1)
 
 
 @dataclass
@@ -69,18 +69,20 @@ class Cylinders:
     radius: np.ndarray
     height: np.ndarray
 
-    def distance(self, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-        """Side wall (quadratic in the xy plane) or top cap. origin (3,), dirs (R, 3) -> t (R, P)."""
-        o = origin - self.base  # (P, 3)
-        dx, dy, dz = dirs[:, :1], dirs[:, 1:2], dirs[:, 2:3]
-        side = _nearest_root(dx**2 + dy**2, o[:, 0] * dx + o[:, 1] * dy, o[:, 0] ** 2 + o[:, 1] ** 2 - self.radius**2)
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.base + np.outer(self.height / 2, [0, 0, 1]), np.hypot(self.radius, self.height / 2)
+
+    def distance(self, origin: np.ndarray, dirs: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Side wall (a quadratic in the xy plane) or top cap. origin (3,), dirs (M, 3), index (M,) -> t (M,)."""
+        o, radius, height = origin - self.base[index], self.radius[index], self.height[index]  # o (M, 3)
+        dx, dy, dz = dirs.T
+        side = _nearest_root(dx**2 + dy**2, o[:, 0] * dx + o[:, 1] * dy, o[:, 0] ** 2 + o[:, 1] ** 2 - radius**2)
         z = o[:, 2] + side * dz
-        side = np.where((z >= 0) & (z <= self.height), side, np.inf)
+        side = np.where((z >= 0) & (z <= height), side, np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
-            cap = (self.height - o[:, 2]) / dz
-        radial = (o[:, 0] + cap * dx) ** 2 + (o[:, 1] + cap * dy) ** 2
-        cap = np.where((cap > 0) & (radial <= self.radius**2), cap, np.inf)
-        return np.minimum(side, cap)
+            cap = (height - o[:, 2]) / dz
+            in_cap = (o[:, 0] + cap * dx) ** 2 + (o[:, 1] + cap * dy) ** 2 <= radius**2
+        return np.minimum(side, np.where((cap > 0) & in_cap, cap, np.inf))
 
     def normal(self, points: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Up on the cap, radial on the wall. points (M, 3), index (M,) -> (M, 3)."""
@@ -97,11 +99,14 @@ class Ellipsoids:
     center: np.ndarray
     radii: np.ndarray
 
-    def distance(self, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-        """Unit-sphere test after scaling space by 1 / radii. origin (3,), dirs (R, 3) -> t (R, P)."""
-        o = (origin - self.center) / self.radii  # (P, 3)
-        d = dirs[:, None, :] / self.radii  # (R, P, 3)
-        return _nearest_root((d**2).sum(axis=2), (d * o).sum(axis=2), (o**2).sum(axis=1) - 1)
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.center, self.radii.max(axis=1)
+
+    def distance(self, origin: np.ndarray, dirs: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Unit-sphere test after scaling space by 1 / radii. origin (3,), dirs (M, 3), index (M,) -> t (M,)."""
+        radii = self.radii[index]
+        o, d = (origin - self.center[index]) / radii, dirs / radii  # (M, 3)
+        return _nearest_root((d * d).sum(axis=1), (d * o).sum(axis=1), (o * o).sum(axis=1) - 1)
 
     def normal(self, points: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Gradient of the implicit function. points (M, 3), index (M,) -> (M, 3)."""
@@ -111,46 +116,73 @@ class Ellipsoids:
 
 @dataclass
 class GroundPlane:
-    """The plane z = 0, seen from above."""
+    """The plane z = 0, seen from above: one primitive that every ray may hit."""
 
-    def distance(self, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-        """origin (3,) with z > 0, dirs (R, 3) -> t (R, 1)."""
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((1, 3)), np.array([np.inf])
+
+    def distance(self, origin: np.ndarray, dirs: np.ndarray, index: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
-            t = -origin[2] / dirs[:, 2:3]
+            t = -origin[2] / dirs[:, 2]
         return np.where(t > 0, t, np.inf)
 
     def normal(self, points: np.ndarray, index: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(np.array([0.0, 0.0, 1.0]), points.shape)
+        return np.broadcast_to([0.0, 0.0, 1.0], points.shape)
 
 
 @dataclass
 class Hits:
     """Nearest hit of every ray. t (R,) distance, inf where nothing was hit; primitive (R,) index into the
-    concatenation of all families' primitives, -1 where nothing was hit; normal (R, 3) unit outward normal."""
+    concatenated primitives of all families, -1 where nothing was hit; point (R, 3) and unit outward
+    normal (R, 3) of the hit, the origin and zero where nothing was hit."""
 
     t: np.ndarray
     primitive: np.ndarray
+    point: np.ndarray
     normal: np.ndarray
 
 
+def _candidate_pairs(
+    order: np.ndarray, turns: np.ndarray, origin: np.ndarray, center: np.ndarray, radius: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ray, primitive) pairs where the ray's azimuth lies in the azimuth range of the primitive's bounding
+    sphere, centre (P, 3) and radius (P,). order (R,) sorts the rays by azimuth; turns (2R,) holds the
+    sorted azimuths over two turns, so that a range across -pi is one slice. -> ray (M,), primitive (M,)."""
+    rel = center - origin
+    horizontal = np.hypot(rel[:, 0], rel[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half_width = np.where(horizontal > radius, np.arcsin(radius / horizontal), np.pi)  # of the sphere's shadow
+    low = np.mod(np.arctan2(rel[:, 1], rel[:, 0]) - half_width + np.pi, 2 * np.pi) - np.pi  # in [-pi, pi)
+    start = np.searchsorted(turns, low)
+    count = np.minimum(np.searchsorted(turns, low + 2 * half_width, side="right") - start, len(order))
+    primitive = np.repeat(np.arange(len(center)), count)
+    position = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count - start, count)
+    return order[position % len(order)], primitive
+
+
 def cast(origin: np.ndarray, dirs: np.ndarray, families: list) -> Hits:
-    """Nearest hit of rays origin + t dirs among all primitives of `families`. origin (3,), dirs (R, 3)."""
+    """Nearest hit of the rays origin + t dirs among all primitives of `families`. origin (3,), dirs (R, 3) unit."""
+    azimuth = np.arctan2(dirs[:, 1], dirs[:, 0])
+    order = np.argsort(azimuth)
+    turns = np.concatenate([azimuth[order], azimuth[order] + 2 * np.pi])
     t = np.full(len(dirs), np.inf)
     primitive = np.full(len(dirs), -1)
     family_of = np.full(len(dirs), -1)
     first = 0
     for k, family in enumerate(families):
-        distance = family.distance(origin, dirs)  # (R, P_k)
-        nearest = distance.argmin(axis=1)
-        t_k = distance[np.arange(len(dirs)), nearest]
-        closer = t_k < t
-        t[closer], primitive[closer], family_of[closer] = t_k[closer], first + nearest[closer], k
-        first += distance.shape[1]
+        center, radius = family.bounds()
+        ray, index = _candidate_pairs(order, turns, origin, center, radius)
+        distance = family.distance(origin, dirs[ray], index)  # (M,)
+        nearest = t.copy()
+        np.minimum.at(nearest, ray, distance)
+        won = (distance == nearest[ray]) & (distance < t[ray])
+        t[ray[won]], primitive[ray[won]], family_of[ray[won]] = distance[won], first + index[won], k
+        first += len(center)
+    point = origin + np.where(primitive >= 0, t, 0.0)[:, None] * dirs
     normal = np.zeros_like(dirs)
-    points = origin + t[:, None] * dirs
     first = 0
     for k, family in enumerate(families):
         mine = family_of == k
-        normal[mine] = family.normal(points[mine], primitive[mine] - first)
-        first += family.distance(origin, dirs[:1]).shape[1]
-    return Hits(t, primitive, normal)
+        normal[mine] = family.normal(point[mine], primitive[mine] - first)
+        first += len(family.bounds()[1])
+    return Hits(t, primitive, point, normal)

@@ -1,0 +1,1 @@
+"""Data pipeline: readers (SemanticKITTI layout, synthetic scans), transforms, collate, DataModule."""

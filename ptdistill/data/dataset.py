@@ -1,0 +1,96 @@
+"""The base of every LiDAR reader: checks, the learning map, the skip policy for bad files, transforms.
+
+A reader lists its scans in `self.names` and reads scan i in `read(i)` as a sample
+`{"coord" (N, 3) float32 metres, "strength" (N, 1) float32, "segment" (N,) int64 (ignore -1)}`,
+raising `BadSampleError` for a bad file. `LidarDataset.__getitem__` adds the name, applies the
+transform and, when `skip_bad` is on, replaces a bad sample by the next good one.
+"""
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ptdistill.data.errors import BadSampleError, SkippedSamples
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[dict, np.random.Generator], dict]
+
+
+class LearningMap:
+    """Raw label id -> class index (ignore_index for unlabelled and other ignored ids), e.g. the 34 raw
+    SemanticKITTI ids -> 19 classes."""
+
+    def __init__(self, mapping: Mapping[int, int]):
+        raw = np.array([int(k) for k in mapping], dtype=np.int64)
+        if (raw < 0).any():
+            raise ValueError(f"learning_map: raw ids must be >= 0, got {raw[raw < 0].tolist()}")
+        self._known = np.zeros(raw.max() + 1, dtype=bool)
+        self._known[raw] = True
+        self._table = np.zeros(raw.max() + 1, dtype=np.int64)
+        self._table[raw] = [int(v) for v in mapping.values()]
+
+    def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """raw (N,) non-negative ids read from `path` -> segment (N,) int64."""
+        known = raw < len(self._known)
+        known[known] = self._known[raw[known]]
+        if not known.all():
+            unknown = np.unique(raw[~known])
+            raise BadSampleError(f"{path}: label ids {unknown[:10].tolist()} are not in the learning map")
+        return self._table[raw]
+
+
+def check_scan(coord: np.ndarray, strength: np.ndarray, path: Path) -> None:
+    """Raise BadSampleError naming `path` for an empty scan or NaN/Inf values. coord (N, 3), strength (N, 1)."""
+    if len(coord) == 0:
+        raise BadSampleError(f"{path}: empty scan (no points)")
+    for name, values in (("coordinates", coord), ("strengths", strength)):
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            raise BadSampleError(f"{path}: NaN or Inf {name} in {np.count_nonzero(~finite)} points (the first is point {np.argmin(finite)})")
+
+
+class LidarDataset(Dataset):
+    """Scans read by a subclass, transformed; bad files raise, or are skipped when `skip_bad` is set.
+
+    Skipping is logged (a warning naming the file and the problem, once per file) and counted in
+    `self.skipped` (shared with DataLoader workers); the bad sample is replaced by the next good one,
+    so batches keep their size and DDP ranks stay in step.
+    """
+
+    names: list[str]
+
+    def __init__(self, transform: Transform | None = None, skip_bad: bool = False):
+        self.transform = transform
+        self.skip_bad = skip_bad
+        self.skipped = SkippedSamples(len(self.names))
+
+    def read(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        for i in (np.arange(len(self)) + index) % len(self):
+            if i in self.skipped:
+                continue
+            try:
+                sample = self.read(i)
+            except BadSampleError as error:
+                if not self.skip_bad:
+                    raise
+                if self.skipped.add(i):
+                    log.warning("Skipping a bad sample (skip_bad is on): %s", error)
+                continue
+            sample["name"] = self.names[i]
+            if self.transform is None:
+                return sample
+            # torch's generator is reseeded in every DataLoader worker and epoch (and by seed_everything),
+            # so augmentations differ across workers and epochs yet are reproducible.
+            return self.transform(sample, np.random.default_rng(int(torch.randint(2**62, ()))))
+        raise BadSampleError(f"all {len(self)} samples of {type(self).__name__} are bad; see the warnings above")

@@ -1,0 +1,1 @@
+"""Segmentation models: plain `nn.Module`s that take a collated batch dict."""

@@ -1,0 +1,84 @@
+"""Serialized pooling and unpooling (PTv3 Sec. 3.3), Pointcept's `SerializedPooling`/`Unpooling`.
+
+Pooling with stride 2^s merges the points whose serialization codes agree above the lowest 3s
+bits: the points of one 2^s-voxel cell, since every curve order is hierarchical. Features are
+projected, max-reduced per cell, then BatchNorm + GELU; coordinates are averaged. Unpooling adds
+the projected coarse features to the projected skip features of the finer level.
+
+Pointcept quirk, kept for its checkpoints: its sparse tensor is not refreshed after that sum, so
+the next block's CPE convolution reads the projected skip features alone (`conv_feat`).
+"""
+
+import torch
+from torch import nn
+
+from ptdistill.models.ptv3.serialization import sort_codes
+from ptdistill.models.ptv3.sparse_conv import VoxelSet
+from ptdistill.models.ptv3.structure import PointBatch
+
+
+def point_batch_norm(channels: int) -> nn.BatchNorm1d:
+    """PT-v3m1's BatchNorm over the points of a batch."""
+    return nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
+
+
+class SerializedPooling(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2, shuffle_orders: bool = True):
+        super().__init__()
+        if stride < 2 or stride & (stride - 1):
+            raise ValueError(f"pooling stride must be a power of two >= 2, got {stride}")
+        self.levels = stride.bit_length() - 1  # octree levels merged: stride 2 -> 1, 4 -> 2, 8 -> 3
+        self.shuffle_orders = shuffle_orders
+        self.proj = nn.Linear(in_channels, out_channels)
+        self.norm = nn.Sequential(point_batch_norm(out_channels))
+        self.act = nn.GELU()
+
+    def forward(self, point: PointBatch) -> PointBatch:
+        levels = self.levels if self.levels <= point.depth else 0  # Pointcept stops at the coarsest level
+        code = point.code >> 3 * levels  # (O, N)
+        _, cluster, counts = torch.unique(code[0], sorted=True, return_inverse=True, return_counts=True)
+        num_cells = len(counts)
+        rows = torch.arange(len(cluster), device=cluster.device)
+        head = torch.empty_like(counts).scatter_(0, cluster, rows)  # one row per cell; they share code and voxel
+
+        feat = self.proj(point.feat)  # (N, C_out)
+        pooled = feat.new_empty(num_cells, feat.shape[1]).scatter_reduce(
+            0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False
+        )
+        coord = point.coord.new_zeros(num_cells, 3).index_add(0, cluster, point.coord) / counts[:, None]
+        grid_coord = point.grid_coord[head] >> levels
+        batch = point.batch[head]
+        code, order, inverse = sort_codes(code[:, head], shuffle=self.shuffle_orders and self.training)
+        num_samples = len(point.offset)
+        return PointBatch(
+            feat=self.act(self.norm(pooled)),
+            coord=coord,
+            grid_coord=grid_coord,
+            batch=batch,
+            offset=torch.bincount(batch, minlength=num_samples).cumsum(0),
+            code=code,
+            order=order,
+            inverse=inverse,
+            depth=point.depth - levels,
+            index=cluster[point.index],
+            voxels=VoxelSet(grid_coord, batch, num_samples),
+            parent=point,
+            pooling_inverse=cluster,
+        )
+
+
+class SerializedUnpooling(nn.Module):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(in_channels, out_channels), point_batch_norm(out_channels), nn.GELU())
+        self.proj_skip = nn.Sequential(
+            nn.Linear(skip_channels, out_channels), point_batch_norm(out_channels), nn.GELU()
+        )
+
+    def forward(self, point: PointBatch) -> PointBatch:
+        """The parent level of `point`, with proj_skip(parent.feat) + proj(point.feat) mapped up."""
+        parent = point.parent
+        if parent is None:
+            raise ValueError("SerializedUnpooling needs a point batch made by SerializedPooling")
+        skip = self.proj_skip(parent.feat)
+        return parent.with_feat(skip + self.proj(point.feat)[point.pooling_inverse], conv_feat=skip)

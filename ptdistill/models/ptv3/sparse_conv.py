@@ -1,0 +1,146 @@
+"""Submanifold sparse 3D convolution: outputs live on the input's active voxels only.
+
+out[i] = bias + sum over kernel offsets d of weight[:, d, :] @ feat[site at voxel(i) + d - k//2]
+
+(cross-correlation, like `torch.nn.functional.conv3d`). The weight keeps spconv's layout
+(C_out, kx, ky, kz, C_in), so Pointcept's checkpoints load unchanged. Two paths, one interface:
+- plain PyTorch (CPU, and CUDA without spconv): neighbour pairs found once per voxel set and
+  kernel size (spconv's `indice_key` idea), then one gather, one matmul per kernel offset and one
+  index_add; the centre offset, where every site is its own neighbour, is a plain matmul;
+- spconv's `SubMConv3d` on CUDA when `spconv.pytorch` imports (the CPU build is wrong and slow).
+"""
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+try:
+    import spconv.pytorch as spconv
+except ImportError:
+    spconv = None
+
+SPCONV_SHAPE_PAD = 96  # Pointcept's `sparsify` margin; it only sizes spconv's voxel hash
+
+
+@dataclass(frozen=True)
+class KernelMap:
+    """The off-centre neighbour pairs of one kernel size, grouped by kernel offset (spconv's indice pairs)."""
+
+    in_index: Tensor  # (P,) row whose feature is read
+    out_index: Tensor  # (P,) row that receives it
+    offsets: tuple[int, ...]  # flat kernel position (kx, ky, kz order) of each non-empty group
+    counts: tuple[int, ...]  # pairs in each group; the groups lie one after the other
+
+
+def build_kernel_map(grid_coord: Tensor, batch: Tensor, kernel_size: int) -> KernelMap:
+    """Find, for every site and kernel offset, the site at that offset, by sorted search of voxel keys.
+
+    grid_coord (N, 3) non-negative voxel coordinates, batch (N,) sample index.
+    """
+    radius = kernel_size // 2
+    extent = (grid_coord.amax(0) + 2 * radius + 1).tolist()  # per axis, with room for the offsets
+    shifted = (grid_coord + radius).long()
+    # One int64 key per voxel; neighbours differ from it by a constant per offset.
+    key = ((batch.long() * extent[0] + shifted[:, 0]) * extent[1] + shifted[:, 1]) * extent[2] + shifted[:, 2]
+    sorted_key, perm = torch.sort(key)
+    if bool((sorted_key[1:] == sorted_key[:-1]).any()):
+        raise ValueError("grid_coord holds the same voxel twice in a sample; grid-sample the points first")
+
+    span = torch.arange(-radius, radius + 1, device=key.device)
+    dx, dy, dz = torch.cartesian_prod(span, span, span).unbind(1)  # (k³,) each, kx slowest
+    delta = (dx * extent[1] + dy) * extent[2] + dz
+    query = key + delta[:, None]  # (k³, N)
+    pos = torch.searchsorted(sorted_key, query).clamp_(max=len(key) - 1)
+    found = sorted_key[pos] == query
+    found[len(delta) // 2] = False  # the centre offset is handled densely
+    offset, out_index = found.nonzero(as_tuple=True)  # offset-major, so groups are contiguous
+    counts = torch.bincount(offset, minlength=len(delta)).tolist()
+    groups = [(o, c) for o, c in enumerate(counts) if c > 0]
+    return KernelMap(
+        in_index=perm[pos[offset, out_index]],
+        out_index=out_index,
+        offsets=tuple(o for o, _ in groups),
+        counts=tuple(c for _, c in groups),
+    )
+
+
+class VoxelSet:
+    """The active voxels of one resolution level, with the neighbour maps its convolutions share."""
+
+    def __init__(self, grid_coord: Tensor, batch: Tensor, num_samples: int):
+        self.grid_coord = grid_coord  # (N, 3)
+        self.batch = batch  # (N,)
+        self.num_samples = num_samples
+        self._kernel_maps: dict[int, KernelMap] = {}
+        self._spconv_tensor = None
+
+    def kernel_map(self, kernel_size: int) -> KernelMap:
+        if kernel_size not in self._kernel_maps:
+            self._kernel_maps[kernel_size] = build_kernel_map(self.grid_coord, self.batch, kernel_size)
+        return self._kernel_maps[kernel_size]
+
+    def spconv_tensor(self, feat: Tensor) -> "spconv.SparseConvTensor":
+        """`feat` on these voxels as a SparseConvTensor whose indice pairs are cached across calls."""
+        if self._spconv_tensor is None:
+            indices = torch.cat([self.batch[:, None], self.grid_coord], dim=1).int().contiguous()
+            shape = (self.grid_coord.amax(0) + SPCONV_SHAPE_PAD).tolist()
+            self._spconv_tensor = spconv.SparseConvTensor(feat, indices, shape, self.num_samples)
+        return self._spconv_tensor.replace_feature(feat)  # shares the indice dict
+
+
+@functools.cache
+def _spconv_module(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> nn.Module:
+    """A weightless spconv SubMConv3d to run with our parameters through `functional_call`."""
+    with torch.device("meta"):
+        return spconv.SubMConv3d(in_channels, out_channels, kernel_size, bias=bias, indice_key=f"subm{kernel_size}")
+
+
+class SubMConv3d(nn.Module):
+    """Submanifold convolution with spconv's parameters: weight (C_out, k, k, k, C_in), bias (C_out,)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for a submanifold convolution, got {kernel_size}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        k = kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, k, k, k, in_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's Conv3d initialisation, with the fan-in of this layout."""
+        fan_in = self.in_channels * self.kernel_size**3
+        bound = 1 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)  # = kaiming_uniform_(a=sqrt(5)) for this fan-in
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, feat: Tensor, voxels: VoxelSet) -> Tensor:
+        """feat (N, C_in) on `voxels` -> (N, C_out)."""
+        if feat.is_cuda and spconv is not None:
+            return self._spconv_forward(feat, voxels)
+        return self._torch_forward(feat, voxels)
+
+    def _torch_forward(self, feat: Tensor, voxels: VoxelSet) -> Tensor:
+        kernel_map = voxels.kernel_map(self.kernel_size)
+        weight = self.weight.flatten(1, 3)  # (C_out, k³, C_in)
+        out = feat @ weight[:, weight.shape[1] // 2].T  # centre offset: every site is its own neighbour
+        if kernel_map.counts:
+            gathered = feat[kernel_map.in_index].split(kernel_map.counts)  # (P_d, C_in) per offset d
+            pairs = torch.cat([g @ weight[:, d].T for g, d in zip(gathered, kernel_map.offsets)])
+            out = out.index_add(0, kernel_map.out_index, pairs)
+        return out if self.bias is None else out + self.bias
+
+    def _spconv_forward(self, feat: Tensor, voxels: VoxelSet) -> Tensor:
+        module = _spconv_module(self.in_channels, self.out_channels, self.kernel_size, self.bias is not None)
+        module.train(self.training)
+        params = {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
+        return functional_call(module, params, (voxels.spconv_tensor(feat),)).features
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}"

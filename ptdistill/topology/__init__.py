@@ -1,0 +1,2 @@
+"""Differentiable topology of feature clouds (Sec. 3.2): TPS sampling, Vietoris-Rips persistence with
+critical-edge gradients, and the persistence-weighted Chamfer distance. Depends on torch, numpy and gudhi only."""

@@ -1,0 +1,208 @@
+"""Differentiable Vietoris-Rips persistence by critical-edge routing (Theorem 1, Alg. 3).
+
+A Rips birth or death value is the length of one edge: the longest edge of the simplex that creates or
+destroys the feature. So the diagram is computed by a fast backend on a detached float64 copy of the
+distance matrix, each finite value is traced back to its critical edge, and the differentiable diagram
+is those edge lengths evaluated on the features. Autograd then routes dL/dD to exactly the critical
+edges (Eq. 1) and on to the features with the stabilised gradient (h_i - h_j) / (D_ij + eps_dist).
+
+Recovering the edges. gudhi's Ripser returns values only, but every value is an exact entry of the
+float64 matrix it was given, so each is looked up by value, and a value found nowhere raises
+`CriticalEdgeError`. giotto-ph returns generator edges; their float64 lengths enter the same lookup.
+Ties (Alg. 3): a value realised by several edges of equal length, as duplicated points give, spreads
+its gradient uniformly over them, since the backend does not say which one it used. Lengths within
+`tie_tol` of the value also count as tied when they touch an exactly matching edge (the tied maximizers
+of one simplex share a vertex); keep `tie_tol` at rounding level.
+
+H0 births are 0. Infinite (essential) and zero-persistence pairs are dropped.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gudhi.sklearn.rips_persistence import RipsPersistence
+from scipy.spatial.distance import pdist, squareform
+
+
+class CriticalEdgeError(RuntimeError):
+    """A backend returned a persistence value that is no edge length of the matrix it was given."""
+
+
+def _gudhi_pairs(dist: np.ndarray, dims: tuple[int, ...]) -> list[np.ndarray]:
+    """(birth, death) pairs per dim from gudhi's Ripser (MIT; releases the GIL), exact float64 entries of dist."""
+    return RipsPersistence(list(dims), input_type="full distance matrix", homology_coeff_field=2).fit_transform([dist])[0]
+
+
+def _giotto_pairs(dist: np.ndarray, dims: tuple[int, ...]) -> list[np.ndarray]:
+    """(birth, death) pairs per dim as float64 lengths of giotto-ph's generator edges (it computes in float32)."""
+    from gph import ripser_parallel  # AGPL-3: an optional extra, imported only when chosen
+
+    gens = ripser_parallel(dist, maxdim=max(dims), metric="precomputed", coeff=2, return_generators=True)["gens"]
+    h0 = np.stack([np.zeros(len(gens[0])), dist[gens[0][:, 1], gens[0][:, 2]]], 1)  # (vertex, death edge)
+    higher = [np.stack([dist[g[:, 0], g[:, 1]], dist[g[:, 2], g[:, 3]]], 1) for g in gens[1]]  # (birth edge, death edge)
+    return [h0 if d == 0 else higher[d - 1] if d - 1 < len(higher) else np.empty((0, 2)) for d in dims]
+
+
+BACKENDS: dict[str, Callable[[np.ndarray, tuple[int, ...]], list[np.ndarray]]] = {
+    "gudhi": _gudhi_pairs,
+    "giotto": _giotto_pairs,
+}
+
+
+class _EdgeLength(torch.autograd.Function):
+    """Edge lengths ||h_i - h_j|| of diff (E, C) with Theorem 1's gradient diff / (length + eps_dist), finite at 0."""
+
+    @staticmethod
+    def forward(ctx, diff: torch.Tensor, eps_dist: float) -> torch.Tensor:
+        length = torch.linalg.vector_norm(diff, dim=1)  # (E,)
+        ctx.save_for_backward(diff, length)
+        ctx.eps_dist = eps_dist
+        return length
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        diff, length = ctx.saved_tensors
+        return grad[:, None] * diff / (length + ctx.eps_dist)[:, None], None
+
+
+@dataclass(frozen=True)
+class _Routing:
+    """The critical edges of one cloud's diagrams.
+
+    Distinct value v is the weighted mean length of the edges with value_of_edge == v; slots[k] (K_d, 2)
+    indexes those values for each (birth, death), with num_values standing for an H0 birth (0).
+    """
+
+    edges: np.ndarray  # (E, 2)
+    value_of_edge: np.ndarray  # (E,)
+    weight: np.ndarray  # (E,) 1 / number of tied edges
+    num_values: int
+    slots: list[np.ndarray]
+
+
+def _critical_edges(length: np.ndarray, m: int, values: np.ndarray, tie_tol: float):
+    """Critical edges (E, 2), their value index (E,) and tie weight (E,) for the sorted distinct diagram values
+    (Q,), looked up among the condensed (pdist-order) edge lengths of a cloud of m points."""
+    q = len(values)
+    # Candidates: edges within tie_tol of some value (two binary searches per edge).
+    near = np.searchsorted(values, length - tie_tol) < np.searchsorted(values, length + tie_tol, side="right")
+    candidates = near.nonzero()[0]
+    order = np.argsort(length[candidates], kind="stable")
+    candidates, sorted_length = candidates[order], length[candidates[order]]
+    start = np.searchsorted(sorted_length, values - tie_tol)  # (Q,) window of each value
+    count = np.searchsorted(sorted_length, values + tie_tol, side="right") - start
+    value_of_edge = np.repeat(np.arange(q), count)
+    found = candidates[np.arange(len(value_of_edge)) + np.repeat(start - (np.cumsum(count) - count), count)]
+    exact = length[found] == values[value_of_edge]
+    missing = np.bincount(value_of_edge[exact], minlength=q) == 0
+    if missing.any():
+        raise CriticalEdgeError(
+            f"persistence value {values[missing][0]!r} is no entry of the float64 distance matrix the backend "
+            "was given, so its critical edge cannot be recovered"
+        )
+    i, j = (index[found] for index in _edge_vertices(m))
+    touches = np.zeros((q, m), dtype=bool)  # vertices of the exactly matching edges of each value
+    touches[value_of_edge[exact], i[exact]] = True
+    touches[value_of_edge[exact], j[exact]] = True
+    tied = touches[value_of_edge, i] | touches[value_of_edge, j]
+    value_of_edge = value_of_edge[tied]
+    weight = 1.0 / np.bincount(value_of_edge, minlength=q)[value_of_edge]
+    return np.stack([i[tied], j[tied]], 1), value_of_edge, weight
+
+
+@functools.lru_cache(maxsize=4)
+def _edge_vertices(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (i, j), i < j, of the m(m-1)/2 edges in condensed (pdist) order; cached, as m rarely changes."""
+    return np.triu_indices(m, 1)
+
+
+def _persistence(x: torch.Tensor, dims: tuple[int, ...], backend: str, tie_tol: float, route: bool):
+    """Finite pairs per dim (float64) of cloud x (M, C), and their _Routing if `route`.
+
+    Runs single-threaded in numpy/scipy, which release the GIL, so clouds can run side by side on threads.
+    """
+    x64 = x.detach().to("cpu", torch.float64).numpy()
+    m = len(x64)
+    length = pdist(x64)  # (M(M-1)/2,) condensed, from exact per-pair differences (no matrix-product rounding)
+    raw = BACKENDS[backend](squareform(length), dims) if m > 1 else [np.empty((0, 2)) for _ in dims]
+    pairs = [p[np.isfinite(p[:, 1]) & (p[:, 1] > p[:, 0])] for p in raw]
+    if not route:
+        return pairs, None
+    values = np.unique(np.concatenate([p[:, 1] if d == 0 else p.ravel() for d, p in zip(dims, pairs)]))
+    edges, value_of_edge, weight = _critical_edges(length, m, values, tie_tol)
+    slots = [np.searchsorted(values, p) for p in pairs]
+    for d, s in zip(dims, slots):
+        if d == 0:
+            s[:, 0] = len(values)
+    return pairs, _Routing(edges, value_of_edge, weight, len(values), slots)
+
+
+def _differentiable(x: torch.Tensor, routing: _Routing, eps_dist: float) -> list[torch.Tensor]:
+    """The diagrams of x (M, C) as critical edge lengths evaluated on x (Eq. 1)."""
+    i, j = torch.as_tensor(routing.edges, device=x.device).unbind(1)
+    length = _EdgeLength.apply(x[i] - x[j], eps_dist)  # (E,)
+    weighted = torch.as_tensor(routing.weight).to(x) * length
+    value_of_edge = torch.as_tensor(routing.value_of_edge, device=x.device)
+    values = x.new_zeros(routing.num_values + 1).index_add(0, value_of_edge, weighted)  # last: an H0 birth, 0
+    return [values[torch.as_tensor(s, device=x.device)] for s in routing.slots]
+
+
+def _check(clouds: Sequence[torch.Tensor], dims: Sequence[int], backend: str, workers: int) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+    if not dims or len(set(dims)) != len(dims) or min(dims) < 0:
+        raise ValueError(f"dims must be distinct homology dimensions >= 0, got {tuple(dims)}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    for k, x in enumerate(clouds):
+        if x.dim() != 2:
+            raise ValueError(f"cloud {k} must be a (M, C) feature matrix, got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"cloud {k} contains NaN or Inf features")
+
+
+def rips_diagrams_batch(
+    clouds: Sequence[torch.Tensor],
+    dims: Sequence[int] = (0, 1),
+    backend: str = "gudhi",
+    workers: int = 1,
+    eps_dist: float = 1e-8,
+    tie_tol: float = 0.0,
+) -> list[list[torch.Tensor]]:
+    """Finite Rips diagrams of each cloud (M_b, C_b): per cloud, one (K_d, 2) tensor of (birth, death) per dim.
+
+    The backend runs for `workers` clouds at a time on a thread pool (gudhi releases the GIL). A cloud that
+    needs no gradient gets its diagrams straight from the backend values, without edge recovery.
+    """
+    dims = tuple(int(d) for d in dims)
+    _check(clouds, dims, backend, workers)
+    route = [torch.is_grad_enabled() and x.requires_grad for x in clouds]
+
+    def run(x: torch.Tensor, r: bool):
+        return _persistence(x, dims, backend, tie_tol, r)
+
+    if workers == 1:
+        results = list(map(run, clouds, route))
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(run, clouds, route))
+    return [
+        _differentiable(x, routing, eps_dist) if routing else [torch.as_tensor(p).to(x) for p in pairs]
+        for x, (pairs, routing) in zip(clouds, results)
+    ]
+
+
+def rips_diagrams(
+    x: torch.Tensor,
+    dims: Sequence[int] = (0, 1),
+    backend: str = "gudhi",
+    eps_dist: float = 1e-8,
+    tie_tol: float = 0.0,
+) -> list[torch.Tensor]:
+    """Finite Vietoris-Rips diagrams of x (N, C): one (K_d, 2) tensor of (birth, death) per dim in dims,
+    differentiable with respect to x through the critical edges (Theorem 1)."""
+    return rips_diagrams_batch([x], dims, backend, 1, eps_dist, tie_tol)[0]

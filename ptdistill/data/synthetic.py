@@ -87,54 +87,54 @@ class SpinningLidar:
         return points.astype(np.float32), intensity[kept].astype(np.float32), (label | instance << 16)[kept].astype(np.uint32)
 
 
+SHAPE_SIZES = {"box": 7, "cylinder": 5, "ellipsoid": 6}  # numbers describing one primitive of each kind
+
+
 @dataclass
 class Scene:
     """Primitives with a raw label, an instance id and a reflectivity each, on a ground plane whose
     label (road, lane marking or terrain) depends on where the roads run."""
 
-    sensor_xy: tuple[float, float] = (0.0, 0.0)
-    roads: list = field(default_factory=list)  # (axis 0 = along x | 1 = along y, centre, half width)
-    ground_reflectivity: dict = field(default_factory=dict)  # raw label -> reflectivity
-    _boxes: list = field(default_factory=list)  # (centre x, y, z, half x, y, z, yaw)
-    _cylinders: list = field(default_factory=list)  # (base x, y, z, radius, height)
-    _ellipsoids: list = field(default_factory=list)  # (centre x, y, z, radius x, y, z)
-    _attributes: dict = field(default_factory=lambda: {"box": [], "cylinder": [], "ellipsoid": []})
+    sensor_xy: tuple[float, float]
+    roads: list[tuple[int, float, float]]  # (0: along x | 1: along y, centre, half width)
+    ground_reflectivity: dict[int, float]  # raw label -> reflectivity
+    primitives: dict[str, list] = field(default_factory=lambda: {kind: [] for kind in SHAPE_SIZES})
+    # kind -> [(shape numbers, (raw label, instance, reflectivity))]
 
     def box(self, label, reflectivity, x0, x1, y0, y1, z0, z1, yaw=0.0, instance=0):
         """Box spanning [x0, x1] x [y0, y1] x [z0, z1] before its rotation by yaw about its centre."""
-        self._boxes.append(((x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2, abs(x1 - x0) / 2, abs(y1 - y0) / 2, (z1 - z0) / 2, yaw))
-        self._attributes["box"].append((label, instance, reflectivity))
+        shape = ((x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2, abs(x1 - x0) / 2, abs(y1 - y0) / 2, (z1 - z0) / 2, yaw)
+        self.primitives["box"].append((shape, (label, instance, reflectivity)))
 
     def cylinder(self, label, reflectivity, x, y, radius, height, z=0.0, instance=0):
-        self._cylinders.append((x, y, z, radius, height))
-        self._attributes["cylinder"].append((label, instance, reflectivity))
+        self.primitives["cylinder"].append(((x, y, z, radius, height), (label, instance, reflectivity)))
 
     def ellipsoid(self, label, reflectivity, x, y, z, rx, ry, rz, instance=0):
-        self._ellipsoids.append((x, y, z, rx, ry, rz))
-        self._attributes["ellipsoid"].append((label, instance, reflectivity))
+        self.primitives["ellipsoid"].append(((x, y, z, rx, ry, rz), (label, instance, reflectivity)))
 
     def families(self) -> list:
         """Primitive families in the order `surface` indexes them: ground, boxes, cylinders, ellipsoids."""
-        boxes = np.array(self._boxes, dtype=float).reshape(-1, 7)
-        cylinders = np.array(self._cylinders, dtype=float).reshape(-1, 5)
-        ellipsoids = np.array(self._ellipsoids, dtype=float).reshape(-1, 6)
+        box, cylinder, ellipsoid = (
+            np.array([shape for shape, _ in self.primitives[kind]], dtype=float).reshape(-1, size) for kind, size in SHAPE_SIZES.items()
+        )
         return [
             GroundPlane(),
-            Boxes(boxes[:, :3], boxes[:, 3:6], boxes[:, 6]),
-            Cylinders(cylinders[:, :3], cylinders[:, 3], cylinders[:, 4]),
-            Ellipsoids(ellipsoids[:, :3], ellipsoids[:, 3:]),
+            Boxes(box[:, :3], box[:, 3:6], box[:, 6]),
+            Cylinders(cylinder[:, :3], cylinder[:, 3], cylinder[:, 4]),
+            Ellipsoids(ellipsoid[:, :3], ellipsoid[:, 3:]),
         ]
 
     def surface(self, primitive: np.ndarray, point: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw label, instance id and reflectivity of every hit. primitive (R,) (-1: miss, 0: ground), point (R, 3)."""
-        attributes = np.array([(0, 0, 0.0)] + self._attributes["box"] + self._attributes["cylinder"] + self._attributes["ellipsoid"], dtype=float)
-        label = attributes[primitive, 0].astype(np.int64)
+        attributes = np.array([(0, 0, 0.0)] + [a for kind in SHAPE_SIZES for _, a in self.primitives[kind]], dtype=float)
+        label, instance, reflectivity = attributes[primitive].T  # row -1 (a miss) is overwritten below
+        label = label.astype(np.int64)
         on_ground = primitive == 0
         label[on_ground] = self._ground_label(point[on_ground])
-        reflectivity = attributes[primitive, 2]
-        reflectivity[on_ground] = np.vectorize(self.ground_reflectivity.get)(label[on_ground]) if on_ground.any() else 0
-        label[primitive < 0] = 0
-        return label, attributes[primitive, 1].astype(np.int64), reflectivity
+        for raw, value in self.ground_reflectivity.items():
+            reflectivity[on_ground & (label == raw)] = value
+        label[primitive < 0], reflectivity[primitive < 0] = 0, 0.0
+        return label, instance.astype(np.int64), reflectivity
 
     def _ground_label(self, point: np.ndarray) -> np.ndarray:
         """Road inside a road strip (lane markings: dashed centre line, solid edge lines), terrain elsewhere."""
@@ -160,24 +160,20 @@ def street_scene(rng: np.random.Generator) -> Scene:
         ground_reflectivity={ROAD: rng.uniform(0.07, 0.15), LANE_MARKING: rng.uniform(0.6, 0.8), TERRAIN: rng.uniform(0.3, 0.45)},
     )
     walk_reflectivity = rng.uniform(0.22, 0.32)
-    gaps = []  # x ranges of the crossing street
+    blocks = [(-EXTENT, EXTENT, None)]  # (x0, x1, x of the corner with the crossing street)
     if rng.random() < 0.5:
         cross_x, cross_half = rng.uniform(-30, 30), rng.uniform(3.0, 5.0)
         scene.roads.append((1, cross_x, cross_half))
-        gaps.append((cross_x - cross_half, cross_x + cross_half))
+        blocks = [(-EXTENT, cross_x - cross_half, cross_x - cross_half), (cross_x + cross_half, EXTENT, cross_x + cross_half)]
 
     instance = iter(range(1, 2**16))
     for side in (-1, 1):
-        block_edges = [-EXTENT, *(x for gap in gaps for x in gap), EXTENT]
-        for x0, x1 in zip(block_edges[::2], block_edges[1::2]):
-            y_curb, y_back = side * half_road, side * (half_road + walk)
-            scene.box(SIDEWALK, walk_reflectivity, x0, x1, y_curb, y_back, 0, curb)
-            for gap_x0, gap_x1 in gaps:  # sidewalks around the corner, along the crossing street
-                edge = gap_x0 if x1 == gap_x0 else gap_x1 if x0 == gap_x1 else None
-                if edge is not None:
-                    inward = 1 if edge == gap_x1 else -1
-                    scene.box(SIDEWALK, walk_reflectivity, edge, edge + inward * walk, y_back, side * EXTENT, 0, curb)
-                    x0, x1 = (x0, x1 - walk) if inward < 0 else (x0 + walk, x1)
+        for x0, x1, corner in blocks:
+            scene.box(SIDEWALK, walk_reflectivity, x0, x1, side * half_road, side * (half_road + walk), 0, curb)
+            if corner is not None:  # the sidewalk around the corner, along the crossing street
+                inward = -walk if corner == x1 else walk
+                scene.box(SIDEWALK, walk_reflectivity, corner, corner + inward, side * (half_road + walk), side * EXTENT, 0, curb)
+                x0, x1 = (x0, x1 - walk) if corner == x1 else (x0 + walk, x1)
             _furnish_sidewalk(scene, rng, x0, x1, side, half_road, walk, curb, instance)
             _fill_lots(scene, rng, x0, x1, side, half_road + walk, instance)
     _add_traffic(scene, rng, lanes, instance)

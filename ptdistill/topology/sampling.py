@@ -15,6 +15,8 @@ def tps(x: torch.Tensor, m: int, generator: torch.Generator | None = None) -> to
     """
     if x.dim() != 2:
         raise ValueError(f"tps: x must be a (N, C) feature matrix, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("tps: x contains NaN or Inf")
     n = x.shape[0]
     if not 0 <= m <= n:
         raise ValueError(f"tps: cannot choose m={m} of {n} points")

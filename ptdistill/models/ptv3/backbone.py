@@ -82,7 +82,7 @@ class PointTransformerV3(nn.Module):
                          pre_norm, order_index=i % len(self.order), enable_flash=enable_flash)
 
         self.embedding = Embedding(in_channels, enc_channels[0])
-        enc_rates = torch.linspace(0, drop_path, sum(enc_depths)).tolist()  # stochastic depth grows with depth
+        enc_rates = torch.linspace(0, drop_path, sum(enc_depths), device="cpu").tolist()  # stochastic depth grows with depth
         self.enc = nn.Sequential()
         for s in range(num_stages):
             stage = nn.Sequential()
@@ -94,7 +94,7 @@ class PointTransformerV3(nn.Module):
                 stage.add_module(f"block{i}", block(enc_channels[s], enc_num_head[s], enc_patch_size[s], rates[i], i))
             self.enc.add_module(f"enc{s}", stage)
 
-        dec_rates = torch.linspace(0, drop_path, sum(dec_depths)).tolist()
+        dec_rates = torch.linspace(0, drop_path, sum(dec_depths), device="cpu").tolist()
         up_channels = list(dec_channels) + [enc_channels[-1]]
         self.dec = nn.Sequential()
         for s in reversed(range(num_stages - 1)):

@@ -7,6 +7,7 @@ Keys and shapes must match exactly; otherwise the error lists every difference.
 """
 
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
+        if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+            raise UserError(f"checkpoint {path} is not a readable torch file: {error}") from error
         raise UserError(
             f"checkpoint {path} holds objects that need full unpickling, which can run arbitrary code; "
             f"it was refused. Pass trust_checkpoint=True only for a file you trust. ({error})"

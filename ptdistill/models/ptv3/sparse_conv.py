@@ -39,30 +39,35 @@ class KernelMap:
 def build_kernel_map(grid_coord: Tensor, batch: Tensor, kernel_size: int) -> KernelMap:
     """Find, for every site and kernel offset, the site at that offset, by sorted search of voxel keys.
 
-    grid_coord (N, 3) non-negative voxel coordinates, batch (N,) sample index.
+    grid_coord (N, 3) non-negative voxel coordinates, batch (N,) sample index. Keys are ordered
+    (sample, x, y, z), so the k neighbours along z of one (x, y) column lie in one window of k
+    consecutive keys: one binary search per column offset finds them all (k² searches, not k³).
     """
-    radius = kernel_size // 2
+    k, radius = kernel_size, kernel_size // 2
     extent = (grid_coord.amax(0) + 2 * radius + 1).tolist()  # per axis, with room for the offsets
     shifted = (grid_coord + radius).long()
-    # One int64 key per voxel; neighbours differ from it by a constant per offset.
     key = ((batch.long() * extent[0] + shifted[:, 0]) * extent[1] + shifted[:, 1]) * extent[2] + shifted[:, 2]
     sorted_key, perm = torch.sort(key)
     if bool((sorted_key[1:] == sorted_key[:-1]).any()):
         raise ValueError("grid_coord holds the same voxel twice in a sample; grid-sample the points first")
 
     span = torch.arange(-radius, radius + 1, device=key.device)
-    dx, dy, dz = torch.cartesian_prod(span, span, span).unbind(1)  # (k³,) each, kx slowest
-    delta = (dx * extent[1] + dy) * extent[2] + dz
-    query = key + delta[:, None]  # (k³, N)
-    pos = torch.searchsorted(sorted_key, query).clamp_(max=len(key) - 1)
-    found = sorted_key[pos] == query
-    found[len(delta) // 2] = False  # the centre offset is handled densely
-    offset, out_index = found.nonzero(as_tuple=True)  # offset-major, so groups are contiguous
-    counts = torch.bincount(offset, minlength=len(delta)).tolist()
+    dx, dy = torch.cartesian_prod(span, span).unbind(1)  # (k²,) each, x slowest
+    window = key + ((dx * extent[1] + dy) * extent[2] - radius)[:, None]  # (k², N) lowest key of each window
+    first = torch.searchsorted(sorted_key, window)  # (k², N)
+    sentinel = sorted_key.new_full((k,), torch.iinfo(torch.int64).max)  # lets `first + j` run past the end
+    position = first[..., None] + torch.arange(k, device=key.device)  # (k², N, k) candidates in sorted_key
+    dz = torch.cat([sorted_key, sentinel])[position] - window[..., None]  # >= 0; z offset + radius if < k
+    column, site, j = (dz < k).nonzero(as_tuple=True)  # ordered by column, then site
+    offset = column * k + dz[column, site, j]  # flat kernel position, (kx, ky, kz) order
+    off_centre = offset != k**3 // 2  # the centre offset is handled densely
+    offset, site, position = offset[off_centre], site[off_centre], position[column, site, j][off_centre]
+    offset, group_order = torch.sort(offset, stable=True)  # group by offset, keeping sites ascending
+    counts = torch.bincount(offset, minlength=k**3).tolist()
     groups = [(o, c) for o, c in enumerate(counts) if c > 0]
     return KernelMap(
-        in_index=perm[pos[offset, out_index]],
-        out_index=out_index,
+        in_index=perm[position[group_order]],
+        out_index=site[group_order],
         offsets=tuple(o for o, _ in groups),
         counts=tuple(c for _, c in groups),
     )

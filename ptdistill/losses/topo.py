@@ -1,0 +1,117 @@
+"""The topological distillation loss L_topo (Sec. 3.2, Alg. 1).
+
+Per sample of the batch: normalise teacher and student features without bending their geometry (centre,
+then divide by a pairwise-distance scale), choose M points by TPS on the teacher features and take the
+same rows of the student, compute both Vietoris-Rips diagrams, and sum the persistence-weighted Chamfer
+distance over the homology dimensions. The loss is the mean over samples; the teacher side has no grad.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ptdistill.topology.chamfer import pwcd
+from ptdistill.topology.persistence import rips_diagrams_batch
+from ptdistill.topology.sampling import tps
+
+Normalization = Literal["mean_pairwise", "rms_pairwise", "none"]
+
+
+def normalize(feat: torch.Tensor, how: Normalization) -> torch.Tensor:
+    """feat (M, C) centred and divided by its mean (or root-mean-square) pairwise distance.
+
+    Either keeps the Rips diagram's shape up to one scale factor, so teacher and student of different
+    widths become comparable; projecting onto the unit sphere would not (and makes H1 explode in cost).
+    """
+    if how == "none":
+        return feat
+    centred = feat - feat.mean(0)
+    if how == "mean_pairwise":
+        scale = torch.nn.functional.pdist(centred).mean() if len(feat) > 1 else feat.new_zeros(())
+    else:  # mean ||h_i - h_j||^2 over all ordered pairs = 2 mean ||h_i - mean||^2, in O(M C)
+        scale = (2 * centred.square().sum(1).mean()).sqrt()
+    return centred / scale.clamp(min=torch.finfo(feat.dtype).tiny)
+
+
+class TopologyLoss(nn.Module):
+    """L_topo (Alg. 1) between student features (N, C_S) and teacher features (N, C_T), row-aligned."""
+
+    def __init__(
+        self,
+        num_samples: int = 1024,
+        dims: Sequence[int] = (0, 1),
+        backend: str = "gudhi",
+        workers: int = 2,
+        eps: float = 1e-8,
+        eps_dist: float = 1e-8,
+        tie_tol: float = 0.0,
+        normalization: Normalization = "mean_pairwise",
+        seed: int = 0,
+    ):
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"TopologyLoss: num_samples must be >= 1, got {num_samples}")
+        if normalization not in ("mean_pairwise", "rms_pairwise", "none"):
+            raise ValueError(f"TopologyLoss: unknown normalization {normalization!r}")
+        self.num_samples = num_samples
+        self.dims = tuple(dims)
+        self.backend = backend
+        self.workers = workers
+        self.eps = eps
+        self.eps_dist = eps_dist
+        self.tie_tol = tie_tol
+        self.normalization = normalization
+        self.seed = seed
+
+    def _clouds(self, student_feat, teacher_feat, offset):
+        """Normalised TPS subsamples per sample: lists of student (M_b, C_S) and teacher (M_b, C_T) clouds."""
+        for name, feat in (("student_feat", student_feat), ("teacher_feat", teacher_feat)):
+            if feat.dim() != 2:
+                raise ValueError(f"TopologyLoss: {name} must be (N, C), got shape {tuple(feat.shape)}")
+            if not torch.isfinite(feat).all():
+                raise ValueError(f"TopologyLoss: {name} contains NaN or Inf")
+        n = len(student_feat)
+        if len(teacher_feat) != n or offset.dim() != 1 or len(offset) == 0 or int(offset[-1]) != n:
+            raise ValueError(
+                f"TopologyLoss: student_feat has {n} rows and teacher_feat {len(teacher_feat)}, "
+                f"but offset {offset.tolist()} must end at that row count"
+            )
+        bounds = [0, *offset.tolist()]
+        if any(b < a for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"TopologyLoss: offset {offset.tolist()} must be non-decreasing")
+        # A fresh seeded generator per call: the start points depend only on the seed and the batch,
+        # so a resumed run samples as the original one did.
+        generator = torch.Generator(teacher_feat.device).manual_seed(self.seed)
+        students, teachers = [], []
+        for start, end in zip(bounds, bounds[1:]):
+            teacher = teacher_feat[start:end].detach()  # the teacher side has no grad
+            index = tps(teacher, min(self.num_samples, end - start), generator)
+            teachers.append(normalize(teacher[index], self.normalization))
+            students.append(normalize(student_feat[start:end][index], self.normalization))
+        return students, teachers
+
+    def _diagrams(self, students, teachers):
+        """Per sample, (teacher, student) diagrams: lists over dims of (K_d, 2). One thread pool runs all
+        clouds; the detached teacher clouds skip critical-edge recovery."""
+        dgms = rips_diagrams_batch(
+            teachers + students, self.dims, self.backend, self.workers, self.eps_dist, self.tie_tol
+        )
+        return list(zip(dgms[: len(teachers)], dgms[len(teachers) :]))
+
+    def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """Scalar L_topo: the mean over the offset's samples of the PWCD summed over dims."""
+        students, teachers = self._clouds(student_feat, teacher_feat, offset)
+        per_sample = [
+            sum(pwcd(t, s, self.eps) for t, s in zip(teacher, student))
+            for teacher, student in self._diagrams(students, teachers)
+        ]
+        return torch.stack(per_sample).mean()
+
+    @torch.no_grad()
+    def diagrams(
+        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, offset: torch.Tensor
+    ) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """The diagrams the loss compares, for plotting: per sample, (teacher, student) lists over dims of (K_d, 2)."""
+        return self._diagrams(*self._clouds(student_feat, teacher_feat, offset))

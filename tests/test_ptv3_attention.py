@@ -1,0 +1,77 @@
+"""Serialized patch attention: Pointcept's padding and attention restricted to curve patches."""
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptdistill.models.ptv3.attention import PatchLayout, SerializedAttention
+from ptdistill.models.ptv3.structure import PointBatch
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=5), st.integers(1, 16))
+def test_patch_layout_pads_like_pointcept(counts, patch_size):
+    layout = PatchLayout.build(counts, patch_size, torch.device("cpu"))
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    # Every curve position has one slot that holds it.
+    assert torch.equal(layout.gather[layout.scatter], torch.arange(sum(counts)))
+    # Full patches first: a sample of n >= K points fills ceil(n/K) patches, its pad slots repeat
+    # the points one patch earlier; smaller samples follow as one short patch each.
+    full = [(start, n) for start, n in zip(starts, counts) if n >= patch_size]
+    expected = [start + (j if j < n else j - patch_size)
+                for start, n in full for j in range(math.ceil(n / patch_size) * patch_size)]
+    expected += [start + j for start, n in zip(starts, counts) if n < patch_size for j in range(n)]
+    assert layout.gather.tolist() == expected
+    assert layout.full_patches == sum(math.ceil(n / patch_size) for _, n in full)
+    assert layout.short_lengths == tuple(n for n in counts if n < patch_size)
+    lengths = layout.cu_seqlens.diff().tolist()
+    assert lengths == [patch_size] * layout.full_patches + list(layout.short_lengths)
+    # A patch never mixes samples, and never holds a point twice.
+    sample = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    for patch in layout.gather.split(lengths):
+        assert len(set(sample[patch].tolist())) == 1 and len(set(patch.tolist())) == len(patch)
+
+
+def naive_attention(attn: SerializedAttention, feat: torch.Tensor, order: torch.Tensor, patches: list) -> torch.Tensor:
+    """softmax(q k^T * scale) v per head, each point attending to the points of its patch only.
+
+    A pad copy's output is dropped: each point keeps the output of the first patch that holds it.
+    """
+    heads, d = attn.num_heads, attn.channels // attn.num_heads
+    q, k, v = attn.qkv(feat).view(len(feat), 3, heads, d).unbind(1)
+    out = torch.empty(len(feat), attn.channels, dtype=feat.dtype)
+    for patch in reversed(patches):
+        rows = order[patch]
+        weights = torch.softmax(torch.einsum("qhd,khd->hqk", q[rows], k[rows]) * attn.scale, dim=-1)
+        out[rows] = torch.einsum("hqk,khd->qhd", weights, v[rows]).reshape(len(rows), -1)
+    return attn.proj(out)
+
+
+def point_batch(grid: torch.Tensor, counts: list[int], channels: int) -> PointBatch:
+    offset = torch.tensor(counts).cumsum(0)
+    batch = {"coord": grid.double(), "grid_coord": grid, "feat": torch.randn(len(grid), channels, dtype=torch.double),
+             "offset": offset}
+    return PointBatch.from_batch(batch, channels, ("z", "hilbert"), shuffle=False)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.lists(st.integers(1, 40), min_size=1, max_size=3), st.integers(2, 12),
+       st.integers(0, 1))
+def test_attention_equals_softmax_attention_within_each_patch(seed, counts, patch_size, order_index):
+    torch.manual_seed(seed)
+    grid = torch.cat([torch.randperm(512)[:n, None].expand(n, 3) // torch.tensor([64, 8, 1]) % 8 for n in counts])
+    point = point_batch(grid, counts, channels=8)
+    attn = SerializedAttention(8, num_heads=2, patch_size=patch_size, order_index=order_index).double()
+    layout = attn.layout(point)
+    patches = layout.gather.split(layout.cu_seqlens.diff().tolist())
+    expected = naive_attention(attn, point.feat, point.order[order_index], patches)
+    assert torch.allclose(attn(point.feat, point), expected, atol=1e-10)
+
+
+def test_layout_is_cached_per_level_and_patch_size():
+    point = point_batch(torch.arange(30)[:, None].expand(30, 3), [30], channels=4)
+    attn = SerializedAttention(4, 1, patch_size=8)
+    assert attn.layout(point) is attn.layout(point.with_feat(point.feat * 2))
+    assert attn.layout(point) is not SerializedAttention(4, 1, patch_size=16).layout(point)

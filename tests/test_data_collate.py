@@ -30,8 +30,14 @@ def test_eval_batch_follows_the_convention():
     counts = [len(p["coord"]) for p in parts]
     full = [len(p["origin_segment"]) for p in parts]
     expected = {
-        "coord": torch.float32, "grid_coord": torch.int64, "feat": torch.float32, "segment": torch.int64,
-        "offset": torch.int64, "inverse": torch.int64, "origin_segment": torch.int64, "origin_offset": torch.int64,
+        "coord": torch.float32,
+        "grid_coord": torch.int64,
+        "feat": torch.float32,
+        "segment": torch.int64,
+        "offset": torch.int64,
+        "inverse": torch.int64,
+        "origin_segment": torch.int64,
+        "origin_offset": torch.int64,
     }
     assert set(batch) == {*expected, "name"}
     assert {key: batch[key].dtype for key in expected} == expected
@@ -45,7 +51,9 @@ def test_eval_batch_follows_the_convention():
         inverse = batch["inverse"][full_start : full_start + n]
         assert ((inverse >= start) & (inverse < start + count)).all()
         np.testing.assert_array_equal(batch["grid_coord"][inverse].numpy(), part["grid_coord"][part["inverse"]])
-        np.testing.assert_array_equal(batch["origin_segment"][full_start : full_start + n].numpy(), part["origin_segment"])
+        np.testing.assert_array_equal(
+            batch["origin_segment"][full_start : full_start + n].numpy(), part["origin_segment"]
+        )
         start, full_start = start + count, full_start + n
 
 

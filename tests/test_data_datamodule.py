@@ -32,7 +32,13 @@ def test_config_carries_the_dataset_facts(tmp_path, name):
     datamodule = instantiate(cfg.datamodule)
     assert isinstance(datamodule, LidarDataModule)
     steps = datamodule.train_transform.transforms
-    assert [type(t) for t in steps[:5]] == [RandomRotateZ, RandomScale, RandomFlip, RandomJitter, GridSample]  # paper C.3 order
+    assert [type(t) for t in steps[:5]] == [
+        RandomRotateZ,
+        RandomScale,
+        RandomFlip,
+        RandomJitter,
+        GridSample,
+    ]  # paper C.3 order
     assert steps[0].max_radians == pytest.approx(np.radians(1.0)) and steps[4].train
     assert not datamodule.eval_transform.transforms[0].train
 
@@ -65,8 +71,12 @@ def test_synthetic_datamodule_generates_and_batches(tmp_path):
 
 def test_skipped_samples_are_counted_across_workers(tmp_path):
     cfg = dataset_config(
-        "synthetic", tmp_path, SMALL, "dataset.grid_size=0.5",
-        "dataset.datamodule.num_workers=2", "dataset.datamodule.dataset.skip_bad=true",
+        "synthetic",
+        tmp_path,
+        SMALL,
+        "dataset.grid_size=0.5",
+        "dataset.datamodule.num_workers=2",
+        "dataset.datamodule.dataset.skip_bad=true",
     )
     datamodule = instantiate(cfg.datamodule)
     datamodule.prepare_data()

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptdistill.data.raycast import Boxes, Cylinders, Ellipsoids, GroundPlane, cast
-from ptdistill.data.synthetic import SpinningLidar, street_scene
+from ptdistill.data.lidar import SpinningLidar
+from ptdistill.data.street import street_scene
 
 ORIGIN = np.array([0.0, 0.0, 2.0])
 
@@ -64,7 +65,7 @@ def test_ground_plane_and_nearest_hit_occludes():
     hits = cast(ORIGIN, d, [GroundPlane(), boxes])
     assert hits.primitive.tolist() == [1, 1]  # the near box hides the far box and the ground
     alone = cast(ORIGIN, d, [GroundPlane()])
-    assert np.isclose(alone.t[0], 2.0 / d[0, 2] * -1) and np.isinf(alone.t[1])
+    assert np.isclose(alone.t[0], -ORIGIN[2] / d[0, 2]) and np.isinf(alone.t[1])  # the upward ray misses
     assert alone.primitive.tolist() == [0, -1]
 
 

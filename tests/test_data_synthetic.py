@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ptdistill.data.semantickitti import SemanticKITTIDataset
-from ptdistill.data.synthetic import MARKER, SpinningLidar, generate_dataset, generate_scan
+from ptdistill.data.lidar import SpinningLidar
+from ptdistill.data.synthetic import MARKER, generate_dataset, generate_scan
 
 CONFIG = OmegaConf.load(Path(__file__).parents[1] / "conf" / "dataset" / "synthetic.yaml")
 LEARNING_MAP = {int(k): int(v) for k, v in CONFIG.learning_map.items()}
@@ -50,7 +51,10 @@ def test_labels_cover_the_classes_and_are_not_a_function_of_height(scans):
     votes = np.zeros((slices.max() + 1, num_classes))
     np.add.at(votes, (slices, classes), 1)
     predicted = votes.argmax(axis=1)[slices]
-    iou = [np.sum((predicted == k) & (classes == k)) / np.sum((predicted == k) | (classes == k)) for k in range(num_classes)]
+    iou = [
+        np.sum((predicted == k) & (classes == k)) / np.sum((predicted == k) | (classes == k))
+        for k in range(num_classes)
+    ]
     assert np.mean(iou) < 0.4
 
 
@@ -73,7 +77,7 @@ def test_generation_is_deterministic_and_cached(tmp_path):
 
 def test_refuses_to_write_into_a_foreign_root(tmp_path):
     (tmp_path / "sequences").mkdir()
-    with pytest.raises(FileExistsError, match="not a synthetic dataset"):
+    with pytest.raises(FileExistsError, match="holds no synthetic.json; refusing"):
         generate_dataset(str(tmp_path), SPLITS, NUM_SCANS)
 
 

@@ -27,7 +27,16 @@ def make_sample(seed: int, num_points: int = 500, spread: float = 5.0) -> dict:
 
 
 def train_transform(grid_size: float = 0.2) -> Compose:
-    return Compose([RandomRotateZ(1.0), RandomScale(0.9, 1.1), RandomFlip(), RandomJitter(), GridSample(grid_size, train=True), ConcatFeatures()])
+    return Compose(
+        [
+            RandomRotateZ(1.0),
+            RandomScale(0.9, 1.1),
+            RandomFlip(),
+            RandomJitter(),
+            GridSample(grid_size, train=True),
+            ConcatFeatures(),
+        ]
+    )
 
 
 def voxel_of(coord: np.ndarray, origin: np.ndarray, grid_size: float) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ptdistill.models.ptv3 import attention
 from ptdistill.models.ptv3.attention import PatchLayout, SerializedAttention
 from ptdistill.models.ptv3.structure import PointBatch
 
@@ -49,10 +51,10 @@ def naive_attention(attn: SerializedAttention, feat: torch.Tensor, order: torch.
     return attn.proj(out)
 
 
-def point_batch(grid: torch.Tensor, counts: list[int], channels: int) -> PointBatch:
-    offset = torch.tensor(counts).cumsum(0)
-    batch = {"coord": grid.double(), "grid_coord": grid, "feat": torch.randn(len(grid), channels, dtype=torch.double),
-             "offset": offset}
+def point_batch(grid: torch.Tensor, counts: list[int], channels: int, dtype=torch.double) -> PointBatch:
+    offset = torch.tensor(counts, device=grid.device).cumsum(0)
+    feat = torch.randn(len(grid), channels, dtype=dtype, device=grid.device)
+    batch = {"coord": grid.to(dtype), "grid_coord": grid, "feat": feat, "offset": offset}
     return PointBatch.from_batch(batch, channels, ("z", "hilbert"), shuffle=False)
 
 
@@ -61,7 +63,7 @@ def point_batch(grid: torch.Tensor, counts: list[int], channels: int) -> PointBa
        st.integers(0, 1))
 def test_attention_equals_softmax_attention_within_each_patch(seed, counts, patch_size, order_index):
     torch.manual_seed(seed)
-    grid = torch.cat([torch.randperm(512)[:n, None].expand(n, 3) // torch.tensor([64, 8, 1]) % 8 for n in counts])
+    grid = torch.cat([torch.randperm(512)[:n, None] // torch.tensor([64, 8, 1]) % 8 for n in counts])
     point = point_batch(grid, counts, channels=8)
     attn = SerializedAttention(8, num_heads=2, patch_size=patch_size, order_index=order_index).double()
     layout = attn.layout(point)
@@ -75,3 +77,14 @@ def test_layout_is_cached_per_level_and_patch_size():
     attn = SerializedAttention(4, 1, patch_size=8)
     assert attn.layout(point) is attn.layout(point.with_feat(point.feat * 2))
     assert attn.layout(point) is not SerializedAttention(4, 1, patch_size=16).layout(point)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or attention.flash_attn is None, reason="needs CUDA and flash-attn")
+def test_flash_attention_path_equals_the_sdpa_path():
+    counts = [700, 90, 300]
+    grid = torch.cat([torch.randperm(64**3)[:n, None] // torch.tensor([4096, 64, 1]) % 64 for n in counts]).cuda()
+    point = point_batch(grid, counts, channels=64, dtype=torch.float)
+    attn = SerializedAttention(64, num_heads=4, patch_size=128).cuda().eval()
+    flash = attn(point.feat, point)
+    attn.enable_flash = False
+    assert torch.allclose(flash, attn(point.feat, point), atol=5e-3)

@@ -41,7 +41,8 @@ def sample(seed: int, n: int, side: int = 64) -> dict:
     grid[0] = side - 1
     coord = (grid + torch.rand(n, 3, generator=g)) * 0.05
     feat = torch.cat([coord, torch.rand(n, 1, generator=g)], dim=1)
-    return {"coord": coord, "grid_coord": grid, "feat": feat, "segment": torch.randint(0, NUM_CLASSES, (n,), generator=g)}
+    segment = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    return {"coord": coord, "grid_coord": grid, "feat": feat, "segment": segment}
 
 
 def collate(*samples: dict) -> dict:
@@ -187,3 +188,5 @@ def test_unknown_tap_is_refused():
 def test_inconsistent_stage_lists_are_refused():
     with pytest.raises(ValueError, match="enc_channels has 4 entries"):
         PTv3Segmentor(4, 3, enc_channels=(16, 32, 64, 128))
+    with pytest.raises(ValueError, match="must equal enc_patch_size"):
+        PTv3Segmentor(4, 3, enc_patch_size=(64,) * 5, dec_patch_size=(32,) * 4)

@@ -26,7 +26,7 @@ def alg2(teacher, student, eps):
     w = [math.log(1 + max(p[1] - p[0], 0)) for p in teacher]
     cost = [[((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2) / 2 for q in student] for p in teacher]
     recall = 0.0 if m == 0 else sum(wi * min([*ci, diag(p)]) for wi, ci, p in zip(w, cost, teacher)) / (sum(w) + eps)
-    precision = 0.0 if n == 0 else sum(min([cost[i][j] for i in range(m)] + [diag(q)]) for j, q in enumerate(student)) / n
+    precision = sum(min([cost[i][j] for i in range(m)] + [diag(q)]) for j, q in enumerate(student)) / n if n else 0.0
     return recall + precision
 
 
@@ -75,6 +75,17 @@ def test_autograd_equals_alg4(m, k, seed):
     assume(unique_minima(teacher, student.detach()))
     (grad,) = torch.autograd.grad(pwcd(teacher, student), student)
     torch.testing.assert_close(grad, alg4(teacher, student.detach(), 1e-8))
+
+
+def test_tied_minima_share_the_gradient_uniformly():
+    teacher = torch.tensor([[0.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
+    student = torch.tensor([[0.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(pwcd(teacher, student), student)
+    # Precision: q = (0, 2) is as near to both teacher pairs (C = 1/2): (q - p1 + q - p2) / 2 = 0.
+    # Recall: p1 = (0, 1) ties its match and its diagonal (1/2 each), p2 = (0, 3) matches q.
+    w1, w2 = math.log1p(1.0), math.log1p(3.0)
+    expected = (w1 * torch.tensor([0.0, 1.0]) / 2 + w2 * torch.tensor([0.0, -1.0])) / (w1 + w2 + 1e-8)
+    torch.testing.assert_close(grad[0], expected.double())
 
 
 def test_empty_diagram_conventions():

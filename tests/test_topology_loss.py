@@ -14,7 +14,8 @@ def feats(n: int, c: int, seed: int) -> torch.Tensor:
 
 def isometry(c_in: int, c_out: int, seed: int) -> torch.Tensor:
     """(c_in, c_out) with orthonormal rows: an orthogonal map into a width c_out >= c_in."""
-    q, _ = torch.linalg.qr(torch.randn(c_out, c_out, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(c_out, c_out, generator=g, dtype=torch.float64))
     return q[:c_in]
 
 
@@ -62,8 +63,9 @@ def test_is_finite_and_non_negative(widths, sizes, duplicate, seed):
     assert torch.isfinite(student.grad).all()
 
 
-def test_edge_cases_stay_finite():
-    loss = TopologyLoss(num_samples=32)
+@pytest.mark.parametrize("normalization", ["mean_pairwise", "rms_pairwise"])
+def test_edge_cases_stay_finite(normalization):
+    loss = TopologyLoss(num_samples=32, normalization=normalization)
     offset = torch.tensor([2, 3, 40])  # samples of 2, 1 and 37 points
     teacher = feats(40, 8, 0)
     for student in (torch.zeros(40, 4), feats(40, 4, 1)[:, :1]):  # all identical; 1-D: empty H1 (tree-like)
@@ -71,7 +73,11 @@ def test_edge_cases_stay_finite():
         value = loss(student, teacher, offset)
         value.backward()
         assert torch.isfinite(value) and torch.isfinite(student.grad).all()
-    assert loss(teacher[:, :1], feats(40, 3, 2), offset) > 0  # the student's H1 is empty, the teacher's not
+    # 1-D features have an empty H1: the student's (recall only) or the teacher's (precision only).
+    line, cloud = teacher[:, :1], feats(40, 3, 2).requires_grad_()
+    assert loss(line, cloud.detach(), offset) > 0
+    value = loss(cloud, line, offset)
+    assert value > 0 and torch.isfinite(torch.autograd.grad(value, cloud)[0]).all()
 
 
 def test_teacher_gets_no_gradient_and_subsamples_follow_tps():

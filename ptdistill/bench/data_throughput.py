@@ -1,10 +1,11 @@
-"""Data pipeline throughput in one process: transforms, scan generation and reader + transform.
+"""Data pipeline throughput in one process: transforms, reader + transform, and scan generation.
 
     python -m ptdistill.bench.data_throughput [--repeats 20] [--grid 0.05]
 
 The SemanticKITTI-sized scan is a synthetic HDL-64E scan (64 beams, 2048 azimuth steps: about 120k
-points, like SemanticKITTI's), written in SemanticKITTI's layout for the reader rows. Target: the full
-training transform reaches >= 10 scans/s on it.
+points, as in SemanticKITTI) written in SemanticKITTI's layout, so its reader row is the SemanticKITTI
+reader's. Target: the full training transform reaches >= 10 scans/s on it. A second table gives the
+voxels per default synthetic scan at the grid sizes a demo may use.
 """
 
 import argparse
@@ -17,18 +18,30 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from ptdistill.data.semantickitti import SemanticKITTIDataset
-from ptdistill.data.synthetic import SpinningLidar, generate_scan, write_scan
-from ptdistill.data.transforms import Compose, ConcatFeatures, GridSample, RandomFlip, RandomJitter, RandomRotateZ, RandomScale
+from ptdistill.data.lidar import SpinningLidar
+from ptdistill.data.synthetic import generate_scan, write_scan
+from ptdistill.data.transforms import (
+    Compose,
+    ConcatFeatures,
+    GridSample,
+    RandomFlip,
+    RandomJitter,
+    RandomRotateZ,
+    RandomScale,
+)
 
 SYNTHETIC = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "dataset" / "synthetic.yaml")
-HDL64 = SpinningLidar(beams=64, fov_up=2.0, fov_down=-24.8, azimuth_steps=2048)
+SENSORS = {
+    "SemanticKITTI-sized (HDL-64E)": SpinningLidar(beams=64, fov_up=2.0, fov_down=-24.8, azimuth_steps=2048),
+    "synthetic default (HDL-32E)": SpinningLidar(),
+}
 
 
-def seconds_per_call(function: Callable[[int], object], repeats: int) -> float:
-    """Median wall time of function(i), i = 0..repeats-1, after one warm-up call."""
+def median_seconds(function: Callable[[int], object], repeats: int) -> float:
+    """Median wall time of function(i) over i = 1..repeats, after a warm-up call function(0)."""
     function(0)
     times = []
-    for i in range(repeats):
+    for i in range(1, repeats + 1):
         start = time.perf_counter()
         function(i)
         times.append(time.perf_counter() - start)
@@ -36,6 +49,7 @@ def seconds_per_call(function: Callable[[int], object], repeats: int) -> float:
 
 
 def write_dataset(root: Path, lidar: SpinningLidar, count: int) -> SemanticKITTIDataset:
+    """`count` scans of `lidar` in SemanticKITTI's layout under `root`, opened as the train split."""
     directory = root / "sequences" / "00"
     (directory / "velodyne").mkdir(parents=True)
     (directory / "labels").mkdir()
@@ -45,42 +59,51 @@ def write_dataset(root: Path, lidar: SpinningLidar, count: int) -> SemanticKITTI
     return SemanticKITTIDataset(str(root), "train", {"train": ["00"]}, learning_map)
 
 
+def throughput_rows(grid: float, repeats: int, tmp: Path) -> list[tuple]:
+    """(scan, step, points, voxels or None, seconds per scan) for every sensor and pipeline step."""
+    augment = [RandomRotateZ(1.0), RandomScale(), RandomFlip(), RandomJitter()]
+    train = Compose([*augment, GridSample(grid, train=True), ConcatFeatures()])
+    evaluate = Compose([GridSample(grid, train=False), ConcatFeatures()])
+    rows = []
+    for name, lidar in SENSORS.items():
+        dataset = write_dataset(tmp / name.split()[0], lidar, count=4)
+        sample, rng = dataset.read(0), np.random.default_rng(0)
+        for step, transform in (("train transform", train), ("eval transform", evaluate)):
+            voxels = len(transform(dict(sample), rng)["coord"])
+            seconds = median_seconds(lambda i, t=transform, s=sample, r=rng: t(dict(s), r), repeats)
+            rows.append((name, step, len(sample["coord"]), voxels, seconds))
+        dataset.transform = train
+        seconds = median_seconds(lambda i, d=dataset: d[i % len(d)], repeats)
+        rows.append((name, "read + train transform", len(sample["coord"]), None, seconds))
+        seconds = median_seconds(lambda i, s=lidar: generate_scan([1, 0, i], s), max(repeats // 4, 3))
+        rows.append((name, "generate scan", len(sample["coord"]), None, seconds))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--grid", type=float, default=0.05)
     args = parser.parse_args()
 
-    train = Compose([RandomRotateZ(1.0), RandomScale(), RandomFlip(), RandomJitter(), GridSample(args.grid, train=True), ConcatFeatures()])
-    evaluate = Compose([GridSample(args.grid, train=False), ConcatFeatures()])
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, lidar in (("SemanticKITTI-sized (HDL-64E)", HDL64), ("synthetic default (HDL-32E)", SpinningLidar())):
-            dataset = write_dataset(Path(tmp) / name.split()[0], lidar, count=4)
-            sample = dataset.read(0)
-            points = len(sample["coord"])
-            for label, transform in (("train transform", train), ("eval transform", evaluate)):
-                rng = np.random.default_rng(0)
-                voxels = len(transform(dict(sample), rng)["coord"])
-                rows.append((name, label, points, voxels, seconds_per_call(lambda i: transform(dict(sample), rng), args.repeats)))
-            dataset.transform = train
-            rows.append((name, "read + train transform", points, None, seconds_per_call(lambda i: dataset[i % len(dataset)], args.repeats)))
-            rows.append((name, "generate scan", points, None, seconds_per_call(lambda i: generate_scan([1, 0, i], lidar), max(args.repeats // 4, 3))))
-
+        rows = throughput_rows(args.grid, args.repeats, Path(tmp))
     print(f"Data pipeline throughput, one process, grid {args.grid} m (median of {args.repeats} runs)\n")
     print("| scan | step | points | voxels | ms / scan | scans / s |")
     print("|---|---|---|---|---|---|")
     for scan, step, points, voxels, seconds in rows:
-        print(f"| {scan} | {step} | {points:,} | {'' if voxels is None else f'{voxels:,}'} | {1000 * seconds:.1f} | {1 / seconds:.1f} |")
+        voxels = "" if voxels is None else f"{voxels:,}"
+        print(f"| {scan} | {step} | {points:,} | {voxels} | {1000 * seconds:.1f} | {1 / seconds:.1f} |")
 
-    scans = [generate_scan([0, 0, i], SpinningLidar())[0] for i in range(10)]
-    print("\nVoxels per default synthetic scan (10 scans: min / mean / max)\n")
+    scans = [generate_scan([0, 0, i], SpinningLidar())[0] for i in range(10)]  # points (N, 3) each
+    print("\nPoints and voxels per default synthetic scan (10 scans)\n")
     print("| grid (m) | min | mean | max |")
     print("|---|---|---|---|")
-    print(f"| none (points) | {min(map(len, scans)):,} | {np.mean([len(s) for s in scans]):,.0f} | {max(map(len, scans)):,} |")
-    for grid in (0.05, 0.1, 0.15, 0.2):
-        voxels = [len(np.unique(np.floor(s / grid).astype(np.int64), axis=0)) for s in scans]
-        print(f"| {grid} | {min(voxels):,} | {np.mean(voxels):,.0f} | {max(voxels):,} |")
+    for grid in (None, 0.05, 0.1, 0.15, 0.2):
+        counts = [
+            len(s) if grid is None else len(np.unique(np.floor(s / grid).astype(np.int64), axis=0)) for s in scans
+        ]
+        print(f"| {grid or 'none (points)'} | {min(counts):,} | {np.mean(counts):,.0f} | {max(counts):,} |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Forward-pass time of the PTv3 teacher and student on a sparse LiDAR-like scan, on CPU threads.
+"""Forward-pass time of the PTv3 teacher and student on sparse LiDAR-like points, on CPU threads.
 
     python -m ptdistill.bench.ptv3_speed [--points 5000] [--threads 2] [--runs 3] [--grid 0.05]
 
-Reference (DESIGN.md): Pointcept's PT-v3m1 takes 10-12 s (teacher) and 1.6 s (student) for this
-input on this machine's 2 threads; ours must be faster. The configs are `conf/model/ptv3.yaml`'s.
+Reference (DESIGN.md): Pointcept's PT-v3m1 takes 10-12 s (teacher) and 1.6 s (student) for one
+forward on 5,000 sparse LiDAR-like points at a 0.05 m grid on this machine's 2 threads, its points
+barely merging under pooling (4,112 left at stage 4); ours must be faster. Two scenes bracket that
+input: a ring-pattern scan, and points scattered so sparsely that pooling merges almost none (the
+most work per point). The configs are `conf/model/ptv3.yaml`'s.
 """
 
 import argparse
@@ -19,40 +22,55 @@ from omegaconf import OmegaConf
 MODEL_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "model" / "ptv3.yaml"
 
 
-def lidar_like_batch(num_points: int = 5000, grid_size: float = 0.05, num_samples: int = 1, seed: int = 0) -> dict:
-    """A collated batch of synthetic spinning-LiDAR scans, grid-sampled to `num_points` voxels each.
+def lidar_like_batch(num_points: int = 5000, grid_size: float = 0.05, seed: int = 0) -> dict:
+    """One synthetic spinning-LiDAR scan, grid-sampled to `num_points` voxels, as a collated batch.
 
-    32 beams from -25° to +3° elevation sweep the azimuth in evenly spaced steps; low beams hit a ground plane 1.73 m below
-    the sensor in rings, high beams hit walls 8-40 m away. feat = (x, y, z, strength), so C_in = 4.
+    32 beams from -25° to +3° elevation sweep the azimuth in evenly spaced steps; low beams hit a
+    ground plane 1.73 m below the sensor in rings, high beams hit walls 8-40 m away.
+    feat = (x, y, z, strength), so C_in = 4.
     """
     generator = torch.Generator().manual_seed(seed)
-    coords, grid_coords, feats = [], [], []
-    for _ in range(num_samples):
-        elevation = torch.deg2rad(torch.linspace(-25.0, 3.0, 32))
-        per_beam = math.ceil(1.1 * num_points / len(elevation))  # a sparse sweep: rings of far-apart points
-        step = 2 * math.pi / per_beam
-        azimuth = torch.arange(per_beam) * step + step * torch.rand(len(elevation), per_beam, generator=generator)
-        wall = 8.0 + 32.0 * torch.rand(16, generator=generator)  # wall distance per azimuth sector
-        sector = (azimuth / (2 * math.pi) * len(wall)).long().clamp_(max=len(wall) - 1)
-        ground = 1.73 / torch.tan(-elevation).clamp(min=1e-3)[:, None]
-        distance = torch.where(elevation[:, None] < 0, torch.minimum(ground, wall[sector]), wall[sector])
-        direction = torch.stack(
-            [torch.cos(elevation)[:, None] * torch.cos(azimuth), torch.cos(elevation)[:, None] * torch.sin(azimuth),
-             torch.sin(elevation)[:, None].expand_as(azimuth)], dim=-1)
-        coord = (direction * distance[..., None]).reshape(-1, 3) + 0.02 * torch.randn(
-            per_beam * len(elevation), 3, generator=generator)
-        grid = torch.div(coord - coord.amin(0), grid_size, rounding_mode="floor").long()
-        _, first = unique_rows(grid)
-        keep = first[torch.randperm(len(first), generator=generator)[:num_points]]  # one point per voxel
-        coords.append(coord[keep])
-        grid_coords.append(grid[keep] - grid[keep].amin(0))
-        feats.append(torch.cat([coord[keep], torch.rand(len(keep), 1, generator=generator)], dim=1))
+    elevation = torch.deg2rad(torch.linspace(-25.0, 3.0, 32))[:, None]  # (beams, 1)
+    per_beam = math.ceil(1.1 * num_points / len(elevation))  # a sparse sweep: rings of far-apart points
+    step = 2 * math.pi / per_beam
+    azimuth = torch.arange(per_beam) * step + step * torch.rand(len(elevation), per_beam, generator=generator)
+    wall = 8.0 + 32.0 * torch.rand(16, generator=generator)  # wall distance per azimuth sector
+    wall = wall[(azimuth / (2 * math.pi) * len(wall)).long().clamp_(max=len(wall) - 1)]  # (beams, per_beam)
+    ground = 1.73 / torch.tan(-elevation).clamp(min=1e-3)
+    distance = torch.where(elevation < 0, torch.minimum(ground, wall), wall)
+    direction = torch.stack([torch.cos(elevation) * torch.cos(azimuth), torch.cos(elevation) * torch.sin(azimuth),
+                             torch.sin(elevation).expand_as(azimuth)], dim=-1)
+    coord = (direction * distance[..., None]).reshape(-1, 3)
+    coord = coord + 0.02 * torch.randn(coord.shape, generator=generator)
+    grid = torch.div(coord - coord.amin(0), grid_size, rounding_mode="floor").long()
+    _, first = unique_rows(grid)
+    keep = first[torch.randperm(len(first), generator=generator)[:num_points]]  # one point per voxel
     return {
-        "coord": torch.cat(coords),
-        "grid_coord": torch.cat(grid_coords),
-        "feat": torch.cat(feats),
-        "offset": torch.tensor([len(c) for c in coords]).cumsum(0),
+        "coord": coord[keep],
+        "grid_coord": grid[keep] - grid[keep].amin(0),
+        "feat": torch.cat([coord[keep], torch.rand(len(keep), 1, generator=generator)], dim=1),
+        "offset": torch.tensor([len(keep)]),
     }
+
+
+def scattered_batch(num_points: int = 5000, grid_size: float = 0.05, seed: int = 0) -> dict:
+    """One sample of points spread uniformly over 100 m x 100 m x 4 m: the worst case for pooling."""
+    generator = torch.Generator().manual_seed(seed)
+    coord = torch.rand(num_points, 3, generator=generator) * torch.tensor([100.0, 100.0, 4.0])
+    grid = torch.div(coord, grid_size, rounding_mode="floor").long()
+    _, first = unique_rows(grid)
+    coord, grid = coord[first], grid[first]
+    return {
+        "coord": coord,
+        "grid_coord": grid - grid.amin(0),
+        "feat": torch.cat([coord, torch.rand(len(coord), 1, generator=generator)], dim=1),
+        "offset": torch.tensor([len(coord)]),
+    }
+
+
+def points_per_stage(batch: dict, stages: int = 5) -> list[int]:
+    """Voxels left after each stride-2 pooling (one sample)."""
+    return [len(torch.unique(batch["grid_coord"] >> s, dim=0)) for s in range(stages)]
 
 
 def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,16 +103,20 @@ def main() -> None:
     torch.manual_seed(0)
 
     cfg = OmegaConf.create({"dataset": {"in_channels": 4, "num_classes": 16}, "model": OmegaConf.load(MODEL_CONFIG)})
-    batch = lidar_like_batch(args.points, args.grid)
-    print(f"PTv3 forward, {len(batch['feat'])} LiDAR-like voxels at {args.grid} m, {args.threads} CPU threads, "
-          f"{args.runs} runs after warm-up")
-    print(f"{'model':<8} {'params':>11} {'mean s':>8} {'median s':>9} {'min s':>7} {'Pointcept s':>12}")
-    for name, pointcept in (("teacher", "10-12"), ("student", "1.6")):
-        model = instantiate(cfg.model[name])
-        params = sum(p.numel() for p in model.parameters())
-        times = time_forward(model, batch, args.runs)
-        print(f"{name:<8} {params:>11,} {statistics.mean(times):>8.2f} {statistics.median(times):>9.2f} "
-              f"{min(times):>7.2f} {pointcept:>12}")
+    scenes = {"ring scan": lidar_like_batch(args.points, args.grid),
+              "scattered": scattered_batch(args.points, args.grid)}
+    models = {name: instantiate(cfg.model[name]) for name in ("teacher", "student")}
+    pointcept = {"teacher": "10-12", "student": "1.6"}
+    print(f"PTv3 eval forward at a {args.grid} m grid on {args.threads} CPU threads, {args.runs} runs after warm-up")
+    print(f"{'scene':<10} {'points per stage':<32} {'model':<8} {'params':>11} {'mean s':>7} {'median s':>9} "
+          f"{'min s':>6} {'Pointcept s':>12}")
+    for scene, batch in scenes.items():
+        stages = " > ".join(map(str, points_per_stage(batch)))
+        for name, model in models.items():
+            params = sum(p.numel() for p in model.parameters())
+            times = time_forward(model, batch, args.runs)
+            print(f"{scene:<10} {stages:<32} {name:<8} {params:>11,} {statistics.mean(times):>7.2f} "
+                  f"{statistics.median(times):>9.2f} {min(times):>6.2f} {pointcept[name]:>12}")
 
 
 if __name__ == "__main__":

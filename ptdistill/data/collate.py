@@ -13,7 +13,9 @@ def collate(samples: list[dict]) -> dict:
     of each sample) and name (list of B str). Samples from the evaluation transform also give
     inverse (N_full,) (shifted to index the concatenated batch), origin_segment (N_full,) and origin_offset (B,).
     """
-    batch = {key: torch.from_numpy(np.concatenate([s[key] for s in samples])).to(dtype) for key, dtype in BATCH_KEYS.items()}
+    batch = {
+        key: torch.from_numpy(np.concatenate([s[key] for s in samples])).to(dtype) for key, dtype in BATCH_KEYS.items()
+    }
     counts = np.array([len(s["coord"]) for s in samples])
     batch["offset"] = torch.from_numpy(np.cumsum(counts))
     if "inverse" in samples[0]:

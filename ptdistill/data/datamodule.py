@@ -52,7 +52,8 @@ class LidarDataModule(L.LightningDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Bad samples skipped so far, over all splits and DataLoader workers (of this process's ranks)."""
+        """Bad samples skipped so far by this process and its DataLoader workers, over all splits (under DDP:
+        this rank's count; the files are named in the warnings)."""
         return sum(len(dataset.skipped) for dataset in self.splits.values())
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:

@@ -27,8 +27,8 @@ class LearningMap:
 
     def __init__(self, mapping: Mapping[int, int]):
         raw = np.array([int(k) for k in mapping], dtype=np.int64)
-        if (raw < 0).any():
-            raise ValueError(f"learning_map: raw ids must be >= 0, got {raw[raw < 0].tolist()}")
+        if len(raw) == 0 or raw.min() < 0:
+            raise ValueError(f"learning_map: needs raw ids >= 0, got {sorted(raw.tolist())}")
         self._known = np.zeros(raw.max() + 1, dtype=bool)
         self._known[raw] = True
         self._table = np.zeros(raw.max() + 1, dtype=np.int64)
@@ -51,7 +51,8 @@ def check_scan(coord: np.ndarray, strength: np.ndarray, path: Path) -> None:
     for name, values in (("coordinates", coord), ("strengths", strength)):
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
-            raise BadSampleError(f"{path}: NaN or Inf {name} in {np.count_nonzero(~finite)} points (the first is point {np.argmin(finite)})")
+            count, first = np.count_nonzero(~finite), np.argmin(finite)
+            raise BadSampleError(f"{path}: NaN or Inf {name} in {count} points (the first is point {first})")
 
 
 class LidarDataset(Dataset):
@@ -60,6 +61,8 @@ class LidarDataset(Dataset):
     Skipping is logged (a warning naming the file and the problem, once per file) and counted in
     `self.skipped` (shared with DataLoader workers); the bad sample is replaced by the next good one,
     so batches keep their size and DDP ranks stay in step.
+
+    A subclass sets `self.names` (one per scan) before calling `LidarDataset.__init__`, and implements `read`.
     """
 
     names: list[str]
@@ -70,13 +73,14 @@ class LidarDataset(Dataset):
         self.skipped = SkippedSamples(len(self.names))
 
     def read(self, index: int) -> dict:
+        """Scan `index` as a sample (see the module docstring); BadSampleError for a bad file."""
         raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict:
-        for i in (np.arange(len(self)) + index) % len(self):
+        for i in ((index + k) % len(self) for k in range(len(self))):
             if i in self.skipped:
                 continue
             try:

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _rotate_z(x: np.ndarray, y: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate the vectors (x, y) by -yaw: from the world frame into the frame of a primitive with that yaw."""
-    cos, sin = np.cos(yaw), np.sin(yaw)
+def _unrotate(x: np.ndarray, y: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate the vectors (x, y) by -yaw, given cos(yaw) and sin(yaw): into the frame of a turned primitive."""
     return cos * x + sin * y, cos * y - sin * x
 
 
@@ -38,26 +37,30 @@ class Boxes:
 
     def distance(self, origin: np.ndarray, dirs: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Slab test in each box's frame. origin (3,), dirs (M, 3), index (M,) -> t (M,)."""
-        yaw, half, offset = self.yaw[index], self.half[index], origin - self.center[index]  # offset (M, 3)
-        ox, oy = _rotate_z(offset[:, 0], offset[:, 1], yaw)
-        dx, dy = _rotate_z(dirs[:, 0], dirs[:, 1], yaw)
+        cos, sin = np.cos(self.yaw), np.sin(self.yaw)  # (P,)
+        offset = origin - self.center  # (P, 3)
+        ox, oy = _unrotate(offset[:, 0], offset[:, 1], cos, sin)
+        local_origin = np.stack([ox, oy, offset[:, 2]], axis=1)[index]  # (M, 3)
+        dx, dy = _unrotate(dirs[:, 0], dirs[:, 1], cos[index], sin[index])
+        half = self.half[index]
         t_near, t_far = np.zeros(len(dirs)), np.full(len(dirs), np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
-            for o, d, h in ((ox, dx, half[:, 0]), (oy, dy, half[:, 1]), (offset[:, 2], dirs[:, 2], half[:, 2])):
-                t1, t2 = (-h - o) / d, (h - o) / d
+            for axis, d in enumerate((dx, dy, dirs[:, 2])):
+                t1, t2 = (-half[:, axis] - local_origin[:, axis]) / d, (half[:, axis] - local_origin[:, axis]) / d
                 t_near = np.maximum(t_near, np.minimum(t1, t2))
                 t_far = np.minimum(t_far, np.maximum(t1, t2))
         return np.where((t_near <= t_far) & (t_near > 0), t_near, np.inf)
 
     def normal(self, points: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Outward normal of the face each hit lies on. points (M, 3), index (M,) -> (M, 3)."""
-        yaw, offset, rows = self.yaw[index], points - self.center[index], np.arange(len(points))
-        lx, ly = _rotate_z(offset[:, 0], offset[:, 1], yaw)
+        cos, sin = np.cos(self.yaw[index]), np.sin(self.yaw[index])
+        offset, rows = points - self.center[index], np.arange(len(points))
+        lx, ly = _unrotate(offset[:, 0], offset[:, 1], cos, sin)
         local = np.stack([lx, ly, offset[:, 2]], axis=1) / self.half[index]  # |local| = 1 on the hit face
         axis = np.abs(local).argmax(axis=1)
         normal = np.zeros_like(points)
         normal[rows, axis] = np.sign(local[rows, axis])
-        nx, ny = _rotate_z(normal[:, 0], normal[:, 1], -yaw)
+        nx, ny = _unrotate(normal[:, 0], normal[:, 1], cos, -sin)  # back into the world frame
         return np.stack([nx, ny, normal[:, 2]], axis=1)
 
 

@@ -47,7 +47,9 @@ class SemanticKITTIDataset(LidarDataset):
         self.learning_map = LearningMap(learning_map)
         self.scans = [scan for sequence in splits[split] for scan in self._list_sequence(str(sequence))]
         if not self.scans:
-            raise DatasetNotFoundError(f"{self.root}: split {split!r} (sequences {list(splits[split])}) has no scans.\n{self.layout()}")
+            raise DatasetNotFoundError(
+                f"{self.root}: split {split!r} (sequences {list(splits[split])}) has no scans.\n{self.layout()}"
+            )
         self.names = [f"{scan.parent.parent.name}/{scan.stem}" for scan in self.scans]
         super().__init__(transform, skip_bad)
 
@@ -69,7 +71,8 @@ class SemanticKITTIDataset(LidarDataset):
         path = self.scans[index]
         size = path.stat().st_size
         if size % POINT_RECORD.itemsize:
-            raise BadSampleError(f"{path}: size {size} B is not a multiple of the {POINT_RECORD.itemsize}-byte point record (float32 x, y, z, remission)")
+            record = f"{POINT_RECORD.itemsize}-byte point record (float32 x, y, z, remission)"
+            raise BadSampleError(f"{path}: size {size} B is not a multiple of the {record}")
         points = np.fromfile(path, dtype=POINT_RECORD)
         coord, strength = np.ascontiguousarray(points["xyz"]), points["remission"][:, None]
         check_scan(coord, strength, path)
@@ -84,7 +87,9 @@ class SemanticKITTIDataset(LidarDataset):
             raise BadSampleError(f"{path}: missing label file for {scan} (labelled split)")
         size = path.stat().st_size
         if size % LABEL_RECORD.itemsize:
-            raise BadSampleError(f"{path}: size {size} B is not a multiple of the {LABEL_RECORD.itemsize}-byte uint32 label record")
+            raise BadSampleError(
+                f"{path}: size {size} B is not a multiple of the {LABEL_RECORD.itemsize}-byte uint32 label record"
+            )
         label = np.fromfile(path, dtype=LABEL_RECORD)
         if len(label) != num_points:
             raise BadSampleError(f"{path}: {len(label)} labels for the {num_points} points of {scan}")

@@ -1,9 +1,11 @@
 """The topological distillation loss L_topo (Sec. 3.2, Alg. 1).
 
-Per sample of the batch: normalise teacher and student features without bending their geometry (centre,
-then divide by a pairwise-distance scale), choose M points by TPS on the teacher features and take the
-same rows of the student, compute both Vietoris-Rips diagrams, and sum the persistence-weighted Chamfer
+Per sample of the batch: choose M points by TPS on the teacher features and take the same rows of the
+student, normalise both subsamples without bending their geometry (centre, then divide by a
+pairwise-distance scale), compute both Vietoris-Rips diagrams, and sum the persistence-weighted Chamfer
 distance over the homology dimensions. The loss is the mean over samples; the teacher side has no grad.
+Alg. 1 normalises before TPS; TPS ignores translation and scale, so sampling first picks the same
+points and only the scale statistic differs (the subsample's, at O(M) rather than O(N) cost).
 """
 
 from collections.abc import Sequence
@@ -16,7 +18,7 @@ from ptdistill.topology.chamfer import pwcd
 from ptdistill.topology.persistence import rips_diagrams_batch
 from ptdistill.topology.sampling import tps
 
-Normalization = Literal["mean_pairwise", "rms_pairwise", "none"]
+Normalization = Literal["mean_pairwise", "rms_pairwise"]
 
 
 def normalize(feat: torch.Tensor, how: Normalization) -> torch.Tensor:
@@ -25,18 +27,23 @@ def normalize(feat: torch.Tensor, how: Normalization) -> torch.Tensor:
     Either keeps the Rips diagram's shape up to one scale factor, so teacher and student of different
     widths become comparable; projecting onto the unit sphere would not (and makes H1 explode in cost).
     """
-    if how == "none":
-        return feat
     centred = feat - feat.mean(0)
+    tiny = torch.finfo(feat.dtype).tiny  # identical points: scale 0, features stay 0, gradients finite
     if how == "mean_pairwise":
         scale = torch.nn.functional.pdist(centred).mean() if len(feat) > 1 else feat.new_zeros(())
     else:  # mean ||h_i - h_j||^2 over all ordered pairs = 2 mean ||h_i - mean||^2, in O(M C)
-        scale = (2 * centred.square().sum(1).mean()).sqrt()
-    return centred / scale.clamp(min=torch.finfo(feat.dtype).tiny)
+        scale = (2 * centred.square().sum(1).mean() + tiny).sqrt()
+    return centred / scale.clamp(min=tiny)
 
 
 class TopologyLoss(nn.Module):
-    """L_topo (Alg. 1) between student features (N, C_S) and teacher features (N, C_T), row-aligned."""
+    """L_topo (Alg. 1) between student features (N, C_S) and teacher features (N, C_T), row-aligned.
+
+    num_samples: M, the TPS subsample per sample (all points if fewer); dims: homology dimensions;
+    backend: "gudhi" or "giotto"; workers: threads running the clouds' persistence; eps: PWCD's weight
+    normaliser stabiliser; eps_dist: the edge-gradient stabiliser; tie_tol: tau_tie of Alg. 3;
+    normalization: "rms_pairwise" (O(MC)) or "mean_pairwise" (O(M^2 C)) scale; seed: TPS start points.
+    """
 
     def __init__(
         self,
@@ -47,13 +54,13 @@ class TopologyLoss(nn.Module):
         eps: float = 1e-8,
         eps_dist: float = 1e-8,
         tie_tol: float = 0.0,
-        normalization: Normalization = "mean_pairwise",
+        normalization: Normalization = "rms_pairwise",
         seed: int = 0,
     ):
         super().__init__()
         if num_samples < 1:
             raise ValueError(f"TopologyLoss: num_samples must be >= 1, got {num_samples}")
-        if normalization not in ("mean_pairwise", "rms_pairwise", "none"):
+        if normalization not in ("mean_pairwise", "rms_pairwise"):
             raise ValueError(f"TopologyLoss: unknown normalization {normalization!r}")
         self.num_samples = num_samples
         self.dims = tuple(dims)

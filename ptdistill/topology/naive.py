@@ -53,7 +53,7 @@ def naive_rips_diagrams(
                 column = column ^ pivot_column[low]
             if deadline is not None and time.perf_counter() > deadline:
                 raise TimeoutError(f"naive persistence of {n} points passed {time_limit} s")
-        rows, cols = (torch.tensor(c, dtype=torch.long) for c in zip(*pairs)) if pairs else (torch.empty(0, dtype=torch.long),) * 2
+        rows, cols = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).unbind(1)  # (face, coface) positions
         diagram = torch.stack([values[d][rows], values[d + 1][cols]], 1)  # (K, 2)
         diagrams.append(diagram[diagram[:, 1] > diagram[:, 0]])
     return diagrams

@@ -34,16 +34,20 @@ class CriticalEdgeError(RuntimeError):
 
 def _gudhi_pairs(dist: np.ndarray, dims: tuple[int, ...]) -> list[np.ndarray]:
     """(birth, death) pairs per dim from gudhi's Ripser (MIT; releases the GIL), exact float64 entries of dist."""
-    return RipsPersistence(list(dims), input_type="full distance matrix", homology_coeff_field=2).fit_transform([dist])[0]
+    rips = RipsPersistence(list(dims), input_type="full distance matrix", homology_coeff_field=2)
+    return rips.fit_transform([dist])[0]
 
 
 def _giotto_pairs(dist: np.ndarray, dims: tuple[int, ...]) -> list[np.ndarray]:
     """(birth, death) pairs per dim as float64 lengths of giotto-ph's generator edges (it computes in float32)."""
-    from gph import ripser_parallel  # AGPL-3: an optional extra, imported only when chosen
+    try:
+        from gph import ripser_parallel  # AGPL-3: an optional extra, imported only when chosen
+    except ImportError as error:
+        raise ImportError("backend='giotto' needs giotto-ph (AGPL-3): pip install 'ptdistill[giotto]'") from error
 
     gens = ripser_parallel(dist, maxdim=max(dims), metric="precomputed", coeff=2, return_generators=True)["gens"]
     h0 = np.stack([np.zeros(len(gens[0])), dist[gens[0][:, 1], gens[0][:, 2]]], 1)  # (vertex, death edge)
-    higher = [np.stack([dist[g[:, 0], g[:, 1]], dist[g[:, 2], g[:, 3]]], 1) for g in gens[1]]  # (birth edge, death edge)
+    higher = [np.stack([dist[g[:, 0], g[:, 1]], dist[g[:, 2], g[:, 3]]], 1) for g in gens[1]]  # (birth, death edge)
     return [h0 if d == 0 else higher[d - 1] if d - 1 < len(higher) else np.empty((0, 2)) for d in dims]
 
 

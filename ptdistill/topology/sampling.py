@@ -25,10 +25,14 @@ def tps(x: torch.Tensor, m: int, generator: torch.Generator | None = None) -> to
         return index
     draw_device = generator.device if generator is not None else x.device
     index[0] = torch.randint(n, (1,), generator=generator, device=draw_device)[0].to(x.device)
-    # Squared distances order points like distances and need no sqrt.
+    # Squared distances in Gram form, ||x||^2 - 2 x.y + ||y||^2: one matrix-vector product per step.
+    # Centring changes no distance and keeps the norms, and so the rounding, small.
+    x = x - x.mean(0)
+    norms = x.square().sum(1)  # (N,)
     nearest = torch.full((n,), torch.inf, dtype=x.dtype, device=x.device)  # (N,) to the chosen set
     for k in range(1, m):
-        nearest = torch.minimum(nearest, (x - x[index[k - 1]]).square().sum(1))
-        nearest[index[k - 1]] = -1.0  # chosen points are never chosen again, even among duplicates
+        last = index[k - 1]
+        nearest = torch.minimum(nearest, torch.addmv(norms, x, x[last], alpha=-2).add_(norms[last]))
+        nearest[last] = -1.0  # chosen points are never chosen again, even among duplicates
         index[k] = torch.argmax(nearest)
     return index

@@ -76,13 +76,19 @@ class PointTransformerV3(nn.Module):
         for name, (values, expected) in per_stage.items():
             if len(values) != expected:
                 raise ValueError(f"{name} has {len(values)} entries; {num_stages} encoder stages need {expected}")
+        if list(dec_patch_size) != list(enc_patch_size)[:-1]:
+            # Pointcept caches one patch layout per level, so its decoder reuses the encoder's patches.
+            raise ValueError(f"dec_patch_size {list(dec_patch_size)} must equal enc_patch_size "
+                             f"{list(enc_patch_size)[:-1]} level by level: Pointcept's decoder attends in the "
+                             "encoder's patches")
 
         def block(channels, heads, patch_size, rate, i):
             return Block(channels, heads, patch_size, mlp_ratio, qkv_bias, qk_scale, attn_drop, proj_drop, rate,
                          pre_norm, order_index=i % len(self.order), enable_flash=enable_flash)
 
         self.embedding = Embedding(in_channels, enc_channels[0])
-        enc_rates = torch.linspace(0, drop_path, sum(enc_depths), device="cpu").tolist()  # stochastic depth grows with depth
+        # Stochastic depth grows linearly with depth, over the encoder and over the decoder.
+        enc_rates = torch.linspace(0, drop_path, sum(enc_depths), device="cpu").tolist()
         self.enc = nn.Sequential()
         for s in range(num_stages):
             stage = nn.Sequential()

@@ -8,6 +8,8 @@ Module names follow Pointcept's PT-v3m1 (`cpe.0`, `norm1.0`, `attn.qkv`, `mlp.0.
 state dict matches its checkpoints; the one-element Sequentials exist for those names.
 """
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from ptdistill.models.ptv3.attention import SerializedAttention
@@ -90,7 +92,7 @@ class Block(nn.Module):
         feat = self._residual(feat, self.mlp, self.norm2)
         return point.with_feat(feat)
 
-    def _residual(self, feat: Tensor, layer, norm: nn.Module) -> Tensor:
+    def _residual(self, feat: Tensor, layer: Callable[[Tensor], Tensor], norm: nn.Module) -> Tensor:
         """x + DropPath(layer(norm(x))) in pre-norm, norm(x + DropPath(layer(x))) in post-norm."""
         if self.pre_norm:
             return feat + self.drop_path(layer(norm(feat)))

@@ -63,6 +63,7 @@ class PTv3Segmentor(nn.Module):
 
     def forward(self, batch: Mapping, taps: Collection[str] = (), tap_grad: bool = False) -> dict:
         """batch: the collated dict (coord, grid_coord, feat, offset); taps: stage names to return."""
+        taps = (taps,) if isinstance(taps, str) else taps
         unknown = sorted(set(taps) - set(self.tap_names))
         if unknown:
             raise ValueError(f"unknown taps {unknown}; this model has {list(self.tap_names)}")

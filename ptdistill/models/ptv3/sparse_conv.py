@@ -7,11 +7,13 @@ out[i] = bias + sum over kernel offsets d of weight[:, d, :] @ feat[site at voxe
 - plain PyTorch (CPU, and CUDA without spconv): neighbour pairs found once per voxel set and
   kernel size (spconv's `indice_key` idea), then one gather, one matmul per kernel offset and one
   index_add; the centre offset, where every site is its own neighbour, is a plain matmul;
-- spconv's `SubMConv3d` on CUDA when `spconv.pytorch` imports (the CPU build is wrong and slow).
+- spconv's `SubMConv3d` on CUDA when `spconv.pytorch` imports (its CPU build refuses biases in
+  eval mode and has no backward).
 """
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -88,13 +90,15 @@ class VoxelSet:
             self._kernel_maps[kernel_size] = build_kernel_map(self.grid_coord, self.batch, kernel_size)
         return self._kernel_maps[kernel_size]
 
-    def spconv_tensor(self, feat: Tensor) -> "spconv.SparseConvTensor":
-        """`feat` on these voxels as a SparseConvTensor whose indice pairs are cached across calls."""
+    def spconv_forward(self, conv: Callable, feat: Tensor) -> Tensor:
+        """Run an spconv layer on `feat` (N, C) over these voxels, keeping the indice pairs it builds."""
         if self._spconv_tensor is None:
             indices = torch.cat([self.batch[:, None], self.grid_coord], dim=1).int().contiguous()
             shape = (self.grid_coord.amax(0) + SPCONV_SHAPE_PAD).tolist()
             self._spconv_tensor = spconv.SparseConvTensor(feat, indices, shape, self.num_samples)
-        return self._spconv_tensor.replace_feature(feat)  # shares the indice dict
+        out = conv(self._spconv_tensor.replace_feature(feat))
+        self._spconv_tensor.indice_dict = out.indice_dict  # spconv caches the pairs in its output tensor
+        return out.features
 
 
 @functools.cache
@@ -145,7 +149,7 @@ class SubMConv3d(nn.Module):
         module = _spconv_module(self.in_channels, self.out_channels, self.kernel_size, self.bias is not None)
         module.train(self.training)
         params = {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
-        return functional_call(module, params, (voxels.spconv_tensor(feat),)).features
+        return voxels.spconv_forward(lambda x: functional_call(module, params, (x,)), feat)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}"

@@ -33,6 +33,8 @@ class Tap:
 
 @dataclass(frozen=True)
 class PointBatch:
+    """One level of a batch of B point clouds, concatenated (N points in all)."""
+
     feat: Tensor  # (N, C)
     coord: Tensor  # (N, 3) metres
     grid_coord: Tensor  # (N, 3) int64 voxel coordinates at this level

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from ptdistill.data.semantickitti import SemanticKITTIDataset
 from ptdistill.data.lidar import SpinningLidar
+from ptdistill.data.semantickitti import SemanticKITTIDataset
 from ptdistill.data.synthetic import MARKER, generate_dataset, generate_scan
 
 CONFIG = OmegaConf.load(Path(__file__).parents[1] / "conf" / "dataset" / "synthetic.yaml")

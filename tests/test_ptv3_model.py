@@ -37,8 +37,8 @@ def tiny(role: str = "teacher", **overrides) -> PTv3Segmentor:
 def sample(seed: int, n: int, side: int = 64) -> dict:
     """n distinct voxels of a side^3 grid; one sits at side-1 so every sample has the same depth."""
     g = torch.Generator().manual_seed(seed)
-    grid = torch.stack(torch.unravel_index(torch.randperm(side**3, generator=g)[:n], (side,) * 3), dim=1)
-    grid[0] = side - 1
+    cells = torch.cat([torch.tensor([side**3 - 1]), torch.randperm(side**3 - 1, generator=g)[: n - 1]])
+    grid = torch.stack(torch.unravel_index(cells, (side,) * 3), dim=1)
     coord = (grid + torch.rand(n, 3, generator=g)) * 0.05
     feat = torch.cat([coord, torch.rand(n, 1, generator=g)], dim=1)
     segment = torch.randint(0, NUM_CLASSES, (n,), generator=g)

@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints a table (`python -m ptdistill.bench.<name>`)."""

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from ptdistill.data.semantickitti import SemanticKITTIDataset
 from ptdistill.data.lidar import SpinningLidar
+from ptdistill.data.semantickitti import SemanticKITTIDataset
 from ptdistill.data.synthetic import generate_scan, write_scan
 from ptdistill.data.transforms import (
     Compose,

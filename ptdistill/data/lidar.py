@@ -15,7 +15,8 @@ class SpinningLidar:
     Defaults: Velodyne HDL-32E (+10.67..-30.67 deg); HDL-64E is beams=64, fov_up=2.0, fov_down=-24.8.
     A return is lost at random (`dropout`) and more likely when weak: it survives with probability
     1 - exp(-power / weak_return), power = reflectivity * cos(incidence) / (range / 10 m)^2.
-    Intensity is reflectivity * cos(incidence) with a surface texture and read-out noise, in [0, 1].
+    Intensity is reflectivity * (0.3 + 0.7 cos(incidence)), a Lambertian share plus a floor that keeps
+    grazing returns (far ground) telling materials apart, times a surface texture, plus read-out noise.
     """
 
     beams: int = 32
@@ -67,7 +68,8 @@ class SpinningLidar:
             & (rng.random(len(rays)) < 1 - np.exp(-power / self.weak_return))
         )
         texture = 1 + rng.normal(0, 1, len(rays)) * np.where(label == TERRAIN, 0.25, 0.1)
-        intensity = np.clip(reflectivity * incidence * texture + rng.normal(0, 0.01, len(rays)), 0, 1)
+        shading = 0.3 + 0.7 * incidence
+        intensity = np.clip(reflectivity * shading * texture + rng.normal(0, 0.01, len(rays)), 0, 1)
         points = distance[kept, None] * rays[kept]  # sensor frame
         label = (label | instance << 16)[kept].astype(np.uint32)
         return points.astype(np.float32), intensity[kept].astype(np.float32), label

@@ -168,10 +168,8 @@ def cast(origin: np.ndarray, dirs: np.ndarray, families: list) -> Hits:
     azimuth = np.arctan2(dirs[:, 1], dirs[:, 0])
     order = np.argsort(azimuth)
     turns = np.concatenate([azimuth[order], azimuth[order] + 2 * np.pi])
-    t = np.full(len(dirs), np.inf)
-    primitive = np.full(len(dirs), -1)
-    family_of = np.full(len(dirs), -1)
-    first = 0
+    t, primitive, family_of = np.full(len(dirs), np.inf), np.full(len(dirs), -1), np.full(len(dirs), -1)
+    firsts = [0]  # index of each family's first primitive in the concatenation
     for k, family in enumerate(families):
         center, radius = family.bounds()
         ray, index = _candidate_pairs(order, turns, origin, center, radius)
@@ -179,13 +177,11 @@ def cast(origin: np.ndarray, dirs: np.ndarray, families: list) -> Hits:
         nearest = t.copy()
         np.minimum.at(nearest, ray, distance)
         won = (distance == nearest[ray]) & (distance < t[ray])
-        t[ray[won]], primitive[ray[won]], family_of[ray[won]] = distance[won], first + index[won], k
-        first += len(center)
+        t[ray[won]], primitive[ray[won]], family_of[ray[won]] = distance[won], firsts[k] + index[won], k
+        firsts.append(firsts[k] + len(center))
     point = origin + np.where(primitive >= 0, t, 0.0)[:, None] * dirs
     normal = np.zeros_like(dirs)
-    first = 0
     for k, family in enumerate(families):
         mine = family_of == k
-        normal[mine] = family.normal(point[mine], primitive[mine] - first)
-        first += len(family.bounds()[1])
+        normal[mine] = family.normal(point[mine], primitive[mine] - firsts[k])
     return Hits(t, primitive, point, normal)

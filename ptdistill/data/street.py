@@ -87,8 +87,9 @@ class Scene:
 
 def street_scene(rng: np.random.Generator) -> Scene:
     """A random street with its sidewalks, lots, furniture, cars and people."""
-    half_road, walk, curb = rng.uniform(4.0, 7.5), rng.uniform(1.5, 4.0), rng.uniform(0.08, 0.2)
-    lanes = np.arange(-half_road + 3.8, half_road - 3.7, 3.2)  # lane centres, clear of the parked cars
+    traffic, parking = rng.uniform(1.7, 5.0), rng.random() < 0.6  # half width of the lanes; parking on both sides
+    half_road, walk, curb = traffic + 2.2 * parking, rng.uniform(1.5, 4.0), rng.uniform(0.08, 0.2)
+    lanes = np.arange(-traffic + 1.6, traffic - 1.5, 3.2)  # lane centres
     ground = {ROAD: rng.uniform(0.07, 0.15), LANE_MARKING: rng.uniform(0.6, 0.8), TERRAIN: rng.uniform(0.3, 0.45)}
     sensor_xy = (rng.uniform(-3, 3), rng.choice(lanes) + rng.normal(0, 0.2))
     scene = Scene(sensor_xy, roads=[(0, 0.0, half_road)], ground_reflectivity=ground)
@@ -101,7 +102,7 @@ def street_scene(rng: np.random.Generator) -> Scene:
         blocks = [(-EXTENT, left, left), (right, EXTENT, right)]
     instances = iter(range(1, 2**16))
     for side in (-1, 1):  # y < 0 and y > 0
-        verge = rng.uniform(1.0, 3.0) * (rng.random() < 0.4)  # a strip of grass between road and sidewalk
+        verge = rng.uniform(1.0, 3.0) * (rng.random() < 0.5)  # a strip of grass between road and sidewalk
         near, far = half_road + verge, half_road + verge + walk  # |y| of the sidewalk's edges
         for x0, x1, corner in blocks:
             scene.box(SIDEWALK, walk_reflectivity, (x0, x1), (side * near, side * far), (0, curb))
@@ -111,13 +112,15 @@ def street_scene(rng: np.random.Generator) -> Scene:
                 scene.box(SIDEWALK, walk_reflectivity, (corner, corner + inward), ys, (0, curb))
                 x0, x1 = (x0, x1 + inward) if corner == x1 else (x0 + inward, x1)
             _furnish_sidewalk(scene, rng, (x0, x1), side, half_road, (near, far), curb, instances)
+            if parking:
+                _park_cars(scene, rng, (x0, x1), side * (half_road - 1.1), instances)
             _fill_lots(scene, rng, (x0, x1), side, far, instances)
     _add_traffic(scene, rng, lanes, instances)
     return scene
 
 
 def _furnish_sidewalk(scene, rng, xs, side, half_road, walkway, curb, instances):
-    """Poles along the road, trees on the verge or a wide sidewalk, pedestrians, cars parked at the curb."""
+    """Poles along the road, trees on the verge or a wide sidewalk, pedestrians."""
     (x0, x1), (near, far) = xs, walkway
     on_verge = near > half_road
     for x in np.arange(x0 + rng.uniform(2, 8), x1 - 1, rng.uniform(6, 14)):
@@ -127,12 +130,17 @@ def _furnish_sidewalk(scene, rng, xs, side, half_road, walkway, curb, instances)
     if (on_verge or far - near > 2.2) and rng.random() < 0.8:
         for x in np.arange(x0 + rng.uniform(3, 8), x1 - 2, rng.uniform(6, 12)):
             _tree(scene, rng, (x + rng.normal(0, 0.3), side * tree_y, tree_z))
-    for _ in range(rng.integers(3, 10)):
-        y = side * rng.uniform(near + 0.3, far - 0.3)
-        _person(scene, rng, (rng.uniform(x0, x1), y, curb), PERSON, next(instances))
-    for x in np.arange(x0 + rng.uniform(1, 6), x1 - 5, rng.uniform(5.5, 9)):
+    for x in rng.uniform(x0, x1, rng.integers(3, 9)):  # pedestrians, alone or in groups of up to 3
+        for dx in np.arange(rng.integers(1, 4)) * rng.uniform(0.6, 1.2):
+            y = side * rng.uniform(near + 0.3, far - 0.3)
+            _person(scene, rng, (x + dx, y, curb), PERSON, next(instances))
+
+
+def _park_cars(scene, rng, xs, y, instances):
+    """Cars parked along the line y, some spots empty."""
+    for x in np.arange(xs[0] + rng.uniform(1, 6), xs[1] - 5, rng.uniform(5.5, 9)):
         if rng.random() < 0.6:
-            _car(scene, rng, (x, side * (half_road - 1.1)), rng.normal(0, 0.05), CAR, next(instances))
+            _car(scene, rng, (x, y), rng.normal(0, 0.05), CAR, next(instances))
 
 
 def _fill_lots(scene, rng, xs, side, front, instances):
@@ -140,7 +148,7 @@ def _fill_lots(scene, rng, xs, side, front, instances):
     x, x_end = xs
     while x < x_end - 4:
         width = min(rng.uniform(8, 25), x_end - x)
-        kind = rng.choice(["building", "garden", "park"], p=[0.35, 0.35, 0.3])
+        kind = rng.choice(["building", "garden", "park"], p=[0.3, 0.35, 0.35])
         if kind == "building":
             gap, setback = rng.uniform(0, 3), rng.uniform(0, 3) * (rng.random() < 0.5)
             ys = (side * (front + setback), side * (front + setback + rng.uniform(8, 20)))
@@ -160,17 +168,21 @@ def _green_lot(scene, rng, xs, side, front, kind, instances):
         depth = rng.uniform(5, 12)
         ys = (side * (front + depth), side * (front + depth + rng.uniform(6, 12)))
         scene.box(BUILDING, rng.uniform(0.15, 0.6), (x0 + 1, x1 - 1), ys, (0, rng.uniform(3.5, 9)))
+    ground = 0.0
     if rng.random() < 0.5:  # a raised lawn: terrain as high as the sidewalk or higher
-        ys = (side * (front + 1), side * (front + depth - 1))
-        scene.box(TERRAIN, rng.uniform(0.3, 0.45), (x0 + 1, x1 - 1), ys, (0, rng.uniform(0.05, 0.4)))
+        ground, ys = rng.uniform(0.05, 0.4), (side * (front + 1), side * (front + depth - 1))
+        scene.box(TERRAIN, rng.uniform(0.3, 0.45), (x0 + 1, x1 - 1), ys, (0, ground))
+
+    def spot():  # a random point of the lot, on the lawn if there is one
+        return rng.uniform(x0 + 1, x1 - 1), side * (front + rng.uniform(1, depth - 1)), ground
+
     park = kind == "park"
     for _ in range(rng.integers(1, 3 + 3 * park)):
-        _tree(scene, rng, (rng.uniform(x0 + 1, x1 - 1), side * (front + rng.uniform(1.5, depth)), 0.0))
+        _tree(scene, rng, spot())
     for _ in range(rng.integers(0, 3 + 3 * park)):
-        _bush(scene, rng, (rng.uniform(x0 + 0.5, x1 - 0.5), side * (front + rng.uniform(1, depth))))
+        _bush(scene, rng, spot())
     for _ in range(rng.integers(0, 3)):
-        xy = (rng.uniform(x0 + 1, x1 - 1), side * (front + rng.uniform(1, depth)))
-        _person(scene, rng, (*xy, 0.0), PERSON, next(instances))
+        _person(scene, rng, spot(), PERSON, next(instances))
 
 
 def _boundary(scene, rng, xs, y):
@@ -197,10 +209,12 @@ def _tree(scene, rng, base):
     scene.ellipsoid(VEGETATION, rng.uniform(0.4, 0.6), (x, y, z + trunk + 0.6 * crown_height), radii)
 
 
-def _bush(scene, rng, xy):
+def _bush(scene, rng, base):
+    """An ellipsoid partly sunk into the ground at base (x, y, z)."""
+    x, y, z = base
     height = rng.uniform(0.4, 1.2)
     radii = (rng.uniform(0.4, 1.5), rng.uniform(0.4, 1.5), height)
-    scene.ellipsoid(VEGETATION, rng.uniform(0.4, 0.6), (*xy, rng.uniform(0, 0.5) * height), radii)
+    scene.ellipsoid(VEGETATION, rng.uniform(0.4, 0.6), (x, y, z + rng.uniform(0, 0.5) * height), radii)
 
 
 def _person(scene, rng, base, label, instance):

@@ -10,8 +10,9 @@ import torch
 def tps(x: torch.Tensor, m: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Indices (m,) of m distinct rows of x (N, C), chosen greedily farthest from those already chosen.
 
-    The first index is drawn from `generator`; ties go to the lowest index. Memory is O(N) beyond x,
-    and every step stays on x's device (no host synchronisation), so it runs on the GPU as well.
+    The first index is drawn from `generator`; ties go to the lowest index. Memory is O(N) beyond a
+    centred copy of x, and every step stays on x's device (no host synchronisation), so it runs on the
+    GPU as well. Cost O(N M C).
     """
     if x.dim() != 2:
         raise ValueError(f"tps: x must be a (N, C) feature matrix, got shape {tuple(x.shape)}")

@@ -1,0 +1,45 @@
+"""Shared fixtures: the project's Hydra configs composed on tiny synthetic scans and tiny models."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+# Scans of a few thousand points and models of a few hundred thousand parameters: seconds per epoch.
+TINY = [
+    "model=ptv3_tiny",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+    "dataset.generator.num_scans={train: 4, val: 2, test: 2}",
+    "dataset.generator.lidar.beams=16",
+    "dataset.generator.lidar.azimuth_steps=256",
+    "dataset.grid_size=0.3",
+    "dataset.datamodule.batch_size=2",
+    "dataset.datamodule.num_workers=0",
+]
+
+
+def compose_config(tmp_path: Path, *overrides: str, config: str = "train") -> DictConfig:
+    """The config `python train.py <overrides>` would run, writing under tmp_path, data shared per session."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config, overrides=[*TINY, *overrides])
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.data_dir = str(tmp_path.parent / "data")  # the tiny scans are generated once per session
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+@pytest.fixture
+def tiny_config(tmp_path_factory):
+    def make(*overrides: str, config: str = "train") -> DictConfig:
+        return compose_config(tmp_path_factory.mktemp("run"), *overrides, config=config)
+
+    return make

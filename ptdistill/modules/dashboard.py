@@ -28,7 +28,7 @@ class DashboardCallback(L.Callback):
             return
         if trainer.global_step % self.diagrams_every_n_steps or not trainer.is_global_zero:
             return
-        diagrams = pl_module.persistence_diagrams(batch)
+        diagrams = pl_module.persistence_diagrams()
         if diagrams is not None:
             teacher, student, dims = diagrams
             wandb.log_image("topology/diagrams", [plot_diagrams(teacher, student, dims)], step=trainer.global_step)

@@ -97,8 +97,18 @@ class DistillModule(SegmentationModule):
         for name in self.taps["topo"]:
             s, t = student["taps"][name], teacher["taps"][name]
             # (N, C_S) and (N, C_T), row-aligned on the input points
-            loss = loss + self.terms["topo"](s.feat[s.index], t.feat[t.index].detach(), batch["offset"])
+            student_feat, teacher_feat = s.feat[s.index], t.feat[t.index].detach()
+            loss = loss + self.terms["topo"](student_feat, teacher_feat, batch["offset"])
+        # The last tap's features, kept (detached) for `persistence_diagrams`.
+        self._last_topo_input = (student_feat.detach(), teacher_feat, batch["offset"])
         return loss
+
+    def persistence_diagrams(self) -> tuple[list, list, tuple] | None:
+        """Teacher and student diagrams (per dim) of the last training batch's first scan, for dashboards."""
+        if getattr(self, "_last_topo_input", None) is None:
+            return None
+        teacher, student = self.terms["topo"].diagrams(*self._last_topo_input)[0]
+        return teacher, student, tuple(self.terms["topo"].dims)
 
     def _grad_loss(self, batch: dict, student: dict, teacher: dict, seg: torch.Tensor) -> torch.Tensor:
         teacher_seg = self.criterion(teacher["logits"], batch["segment"])

@@ -1,0 +1,93 @@
+"""Stage 2 (Eq. 8): the frozen teacher, the loss terms' gradient flow, the guards and the config options."""
+
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from ptdistill.modules.distill import DistillModule
+
+
+@pytest.fixture(scope="module")
+def distill_setup(tmp_path_factory):
+    from conftest import compose_config
+
+    cfg = compose_config(tmp_path_factory.mktemp("distill"), "loss=topo+grad", "loss.terms.topo.loss.num_samples=48")
+    datamodule = instantiate(cfg.dataset.datamodule)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    return cfg, batch
+
+
+def _module(cfg) -> DistillModule:
+    torch.manual_seed(0)
+    return instantiate(cfg.stage.module)
+
+
+def test_topo_grad_option_enables_exactly_both_terms_with_their_lambdas(tiny_config):
+    for name, terms in {"kld": {"kd"}, "topo": {"kd", "topo"}, "grad": {"kd", "grad"}, "topo+grad": {"kd", "topo", "grad"}}.items():
+        cfg = tiny_config(f"loss={name}", "loss.terms.kd.weight=0.7")
+        assert set(cfg.loss.terms) == terms and cfg.loss.name == name
+        module = instantiate(cfg.stage.module)
+        assert set(module.terms) == terms
+        assert module.weights["kd"] == 0.7
+        assert all(module.weights[t] == cfg.loss.terms[t].weight for t in terms)
+
+
+def test_teacher_is_frozen_and_unchanged_by_training_steps(distill_setup):
+    cfg, batch = distill_setup
+    module = _module(cfg)
+    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
+    module.train()
+    assert not module.teacher.training and module.model.training
+    assert all(not p.requires_grad for p in module.teacher.parameters())
+    for _ in range(2):
+        loss = module.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for key, value in module.teacher.state_dict().items():  # weights and BatchNorm statistics
+        assert torch.equal(value, before[key]), key
+    assert any(not torch.equal(a, b) for a, b in zip(module.model.state_dict().values(), _module(cfg).model.state_dict().values()))
+
+
+@pytest.mark.parametrize("term", ["kd", "topo", "grad"])
+def test_each_term_sends_gradient_only_to_the_student(distill_setup, term):
+    cfg, batch = distill_setup
+    module = _module(cfg).train()
+    module.teacher.requires_grad_(True)  # so that a leak into the teacher would show up as a gradient
+    taps = sorted({t for names in module.taps.values() for t in names})
+    student = module.model(batch, taps=taps)
+    seg = module.criterion(student["logits"], batch["segment"])
+    teacher = module.teacher(batch, taps=taps, tap_grad=True)
+    value = getattr(module, f"_{term}_loss")(batch, student, teacher, seg)
+    assert torch.isfinite(value) and value.item() > 0
+    module.zero_grad()
+    value.backward()
+    assert all(p.grad is None or not p.grad.any() for p in module.teacher.parameters())
+    assert sum(p.grad.abs().sum().item() for p in module.model.parameters() if p.grad is not None) > 0
+
+
+def test_non_finite_term_is_skipped_counted_and_never_applied(distill_setup, monkeypatch):
+    cfg, batch = distill_setup
+    module = _module(cfg).train()
+    monkeypatch.setattr(module, "_topo_loss", lambda *args: torch.tensor(math.nan))
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    assert module.skipped["topo"] == 1 and module.skipped["grad"] == 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.model.parameters() if p.grad is not None)
+
+
+def test_checkpoint_holds_the_student_only(distill_setup):
+    cfg, _ = distill_setup
+    module = _module(cfg)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] and not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])  # strict: the teacher keys are put back

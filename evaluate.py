@@ -6,10 +6,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ptdistill.bench.efficiency import efficiency_report
 from ptdistill.errors import UserError
 from ptdistill.evaluation import evaluate_iou
+from ptdistill.export import export_student
 
-TASKS = {"iou": evaluate_iou}
+TASKS = {"iou": evaluate_iou, "efficiency": efficiency_report, "export": export_student}
 
 log = logging.getLogger("ptdistill")
 

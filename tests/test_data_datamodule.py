@@ -18,7 +18,7 @@ SMALL = "dataset.generator.num_scans={train: 3, val: 2, test: 1}"
 
 def dataset_config(name: str, data_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(overrides=[f"+dataset={name}", f"+paths.data_dir={data_dir}", *overrides]).dataset
+        return compose(overrides=[f"+dataset={name}", f"+paths.data_dir={data_dir}", "+seed=0", *overrides]).dataset
 
 
 @pytest.mark.parametrize("name", ["synthetic", "semantickitti"])

@@ -3,10 +3,12 @@
 from collections.abc import Callable
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from ptdistill.data.collate import collate
 from ptdistill.data.dataset import LidarDataset, Transform
+from ptdistill.data.sampler import EpochShuffleSampler
 
 
 class LidarDataModule(L.LightningDataModule):
@@ -20,6 +22,8 @@ class LidarDataModule(L.LightningDataModule):
         batch_size, eval_batch_size: scans per training / evaluation batch.
         num_workers: DataLoader worker processes.
         prepare: called once, on one process, before setup; e.g. generates the synthetic scans.
+        seed: the training order and augmentation of epoch e come from (seed, e) alone, and the epoch
+            counter is saved in checkpoints, so a resumed run sees the data an uninterrupted one would.
     """
 
     def __init__(
@@ -31,12 +35,15 @@ class LidarDataModule(L.LightningDataModule):
         eval_batch_size: int = 1,
         num_workers: int = 0,
         prepare: Callable[[], None] | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.dataset = dataset
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.prepare = prepare
+        self.seed = seed
+        self.train_epochs = 0  # training epochs begun, restored from checkpoints
         self.splits: dict[str, LidarDataset] = {}
 
     def prepare_data(self) -> None:
@@ -56,24 +63,34 @@ class LidarDataModule(L.LightningDataModule):
         this rank's count; the files are named in the warnings)."""
         return sum(len(dataset.skipped) for dataset in self.splits.values())
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def state_dict(self) -> dict:
+        sampler = getattr(self, "_train_sampler", None)
+        return {"train_epochs": sampler.epoch if sampler else self.train_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_epochs = state["train_epochs"]
+
+    def _loader(self, split: str, batch_size: int, sampler: EpochShuffleSampler | None = None) -> DataLoader:
         return DataLoader(
             self.splits[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
+            # Not persistent: workers restart each epoch from the epoch's keys. A private generator keeps
+            # loader start-up from drawing on the global RNG.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        self._train_sampler = EpochShuffleSampler(len(self.splits["train"]), self.seed, self.train_epochs)
+        return self._loader("train", self.batch_size, self._train_sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return self._loader("val", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return self._loader("test", self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

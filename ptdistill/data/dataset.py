@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ptdistill.data.errors import BadSampleError, SkippedSamples
@@ -79,7 +78,9 @@ class LidarDataset(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """`key`: an index, or `(index, epoch_seed)` from `EpochShuffleSampler` (training)."""
+        index, epoch_seed = key if isinstance(key, tuple) else (key, 0)
         for i in ((index + k) % len(self) for k in range(len(self))):
             if i in self.skipped:
                 continue
@@ -94,7 +95,6 @@ class LidarDataset(Dataset):
             sample["name"] = self.names[i]
             if self.transform is None:
                 return sample
-            # torch's generator is reseeded in every DataLoader worker and epoch (and by seed_everything),
-            # so augmentations differ across workers and epochs yet are reproducible.
-            return self.transform(sample, np.random.default_rng(int(torch.randint(2**62, ()))))
+            # Augmentation drawn from (epoch, scan) alone: reproducible, and replayed exactly on resume.
+            return self.transform(sample, np.random.default_rng([epoch_seed, i]))
         raise BadSampleError(f"all {len(self)} samples of {type(self).__name__} are bad; see the warnings above")

@@ -7,7 +7,7 @@ from torch.utils.data import Sampler
 
 
 class EpochShuffleSampler(Sampler[tuple[int, int]]):
-    """Yields `(index, epoch)` keys: a permutation drawn from (seed, epoch) alone.
+    """Yields `(index, epoch_seed)` keys: a permutation drawn from epoch_seed = f(seed, epoch) alone.
 
     The dataset derives each sample's augmentation from the same key, so neither depends on the
     global RNG. `epoch` counts the iterations begun; `LidarDataModule` saves and restores it with
@@ -22,5 +22,6 @@ class EpochShuffleSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return iter([(index, epoch) for index in torch.randperm(self.num_samples, generator=generator).tolist()])
+        epoch_seed = self.seed * 100_003 + epoch
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(epoch_seed))
+        return iter([(index, epoch_seed) for index in order.tolist()])

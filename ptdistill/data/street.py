@@ -90,10 +90,10 @@ def street_scene(rng: np.random.Generator) -> Scene:
     traffic, parking = rng.uniform(1.7, 5.0), rng.random() < 0.6  # half width of the lanes; parking on both sides
     half_road, walk, curb = traffic + 2.2 * parking, rng.uniform(1.5, 4.0), rng.uniform(0.08, 0.2)
     lanes = np.arange(-traffic + 1.6, traffic - 1.5, 3.2)  # lane centres
-    ground = {ROAD: rng.uniform(0.07, 0.15), LANE_MARKING: rng.uniform(0.6, 0.8), TERRAIN: rng.uniform(0.3, 0.45)}
+    ground = {ROAD: rng.uniform(0.07, 0.15), LANE_MARKING: rng.uniform(0.6, 0.8), TERRAIN: rng.uniform(0.45, 0.6)}
     sensor_xy = (rng.uniform(-3, 3), rng.choice(lanes) + rng.normal(0, 0.2))
     scene = Scene(sensor_xy, roads=[(0, 0.0, half_road)], ground_reflectivity=ground)
-    walk_reflectivity = rng.uniform(0.22, 0.32)
+    walk_reflectivity = rng.uniform(0.25, 0.35)
     blocks = [(-EXTENT, EXTENT, None)]  # (x0, x1, x of the corner with the crossing street)
     if rng.random() < 0.5:
         cross_x, cross_half = rng.uniform(-30, 30), rng.uniform(3.0, 5.0)
@@ -171,7 +171,7 @@ def _green_lot(scene, rng, xs, side, front, kind, instances):
     ground = 0.0
     if rng.random() < 0.5:  # a raised lawn: terrain as high as the sidewalk or higher
         ground, ys = rng.uniform(0.05, 0.4), (side * (front + 1), side * (front + depth - 1))
-        scene.box(TERRAIN, rng.uniform(0.3, 0.45), (x0 + 1, x1 - 1), ys, (0, ground))
+        scene.box(TERRAIN, scene.ground_reflectivity[TERRAIN], (x0 + 1, x1 - 1), ys, (0, ground))
 
     def spot():  # a random point of the lot, on the lawn if there is one
         return rng.uniform(x0 + 1, x1 - 1), side * (front + rng.uniform(1, depth - 1)), ground

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ptdistill.bench.efficiency import efficiency_report
-from ptdistill.errors import UserError
+from ptdistill.errors import UserError, find_user_error
 from ptdistill.evaluation import evaluate_iou
 from ptdistill.export import export_student
 
@@ -22,9 +22,11 @@ def main(cfg: DictConfig) -> None:
         if cfg.task not in TASKS:
             raise UserError(f"unknown task={cfg.task!r}; choose one of {sorted(TASKS)}")
         TASKS[cfg.task](cfg)
-    except UserError as error:
-        log.error("%s", error)
-        sys.exit(f"error: {error}")
+    except Exception as error:  # a user's mistake is one clear line; anything else keeps its traceback
+        if (user_error := find_user_error(error)) is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(f"error: {user_error}")
 
 
 if __name__ == "__main__":

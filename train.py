@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ptdistill.errors import UserError
+from ptdistill.errors import find_user_error
 from ptdistill.pipeline import train
 
 log = logging.getLogger("ptdistill")
@@ -20,9 +20,11 @@ def main(cfg: DictConfig) -> float:
         os.environ["WANDB_MODE"] = "offline"
     try:
         return train(cfg)
-    except UserError as error:
-        log.error("%s", error)
-        sys.exit(f"error: {error}")
+    except Exception as error:  # a user's mistake is one clear line; anything else keeps its traceback
+        if (user_error := find_user_error(error)) is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(f"error: {user_error}")
 
 
 if __name__ == "__main__":

@@ -6,3 +6,12 @@
 
 class UserError(Exception):
     """A problem in the user's input (a file, a config value, a checkpoint), with what to do about it."""
+
+
+def find_user_error(error: BaseException) -> UserError | None:
+    """The UserError behind `error`, e.g. one that Hydra's `instantiate` wrapped; None if there is none."""
+    while error is not None:
+        if isinstance(error, UserError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None

@@ -126,7 +126,7 @@ def predict(student: Student, coord: np.ndarray, strength: np.ndarray | None) ->
     """
     uses_strength = student.in_channels == 4
     if uses_strength and strength is None:
-        raise UserError("the student reads x, y, z and strength; the scan has x, y, z only (give an (N, 4) array)")
+        raise ValueError("strength: the student reads x, y, z and strength, got None")
     sample = {
         "coord": coord,
         "strength": np.zeros((len(coord), 1), np.float32) if strength is None else strength,  # carried, unused
@@ -142,7 +142,16 @@ def predict(student: Student, coord: np.ndarray, strength: np.ndarray | None) ->
     return logits.argmax(dim=1)[batch["inverse"]].cpu().numpy()
 
 
-def label_dtype(path: Path) -> type:
+def predict_file(student: Student, path: str | Path) -> np.ndarray:
+    """labels (N,) of every point of the scan file `path` (see the module docstring)."""
+    coord, strength = read_scan(path)
+    if strength is None and student.in_channels == 4:
+        raise UserError(f"{path}: the student reads x, y, z and strength; this array has x, y, z only "
+                        "(give an (N, 4) array)")
+    return predict(student, coord, strength)
+
+
+def label_dtype(path: Path) -> type[np.integer]:
     if path.suffix not in LABEL_DTYPES:
         raise UserError(f"{path}: unknown label file type {path.suffix!r}; use .label (uint32) or .npy")
     return LABEL_DTYPES[path.suffix]
@@ -168,10 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         label_dtype(args.out)  # a bad --out fails before the work, not after
-        coord, strength = read_scan(args.scan)
-        labels = predict(load_artifact(args.model, args.device), coord, strength)
+        labels = predict_file(load_artifact(args.model, args.device), args.scan)
         write_labels(args.out, labels)
-    except UserError as error:
+    except (UserError, ValueError) as error:  # ValueError: the model refusing the scan, e.g. a too large extent
         print(f"ptdistill-predict: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {len(labels)} labels to {args.out}")

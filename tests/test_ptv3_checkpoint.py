@@ -87,7 +87,7 @@ def test_state_dict_keys_and_shapes_are_pointcepts():
     assert all(key.startswith(("seg_head.", "backbone.")) for key in shapes)
 
 
-@pytest.mark.parametrize("prefix", ["module.", ""])
+@pytest.mark.parametrize("prefix", ["module.", "model.", ""])
 @pytest.mark.parametrize("wrapped", [True, False])
 def test_pointcept_checkpoint_loads_through_the_config_key(tmp_path, prefix, wrapped):
     source = trained_like(tiny(seed=1))

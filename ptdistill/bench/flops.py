@@ -18,19 +18,15 @@ so a multiply-accumulate is 2), on the plain-PyTorch path of the model, on CPU:
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-ATTENTION_OPS = {
-    CPU_SDPA,
-    torch.ops.aten._scaled_dot_product_flash_attention,
-    torch.ops.aten._scaled_dot_product_efficient_attention,
-    torch.ops.aten._scaled_dot_product_cudnn_attention,
-}
+from ptdistill.models.ptv3.sparse_conv import SubMConv3d
+
+CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # what SDPA dispatches to on CPU
 
 
 def cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -47,16 +43,17 @@ def flop_counter() -> FlopCounterMode:
 
 @dataclass(frozen=True)
 class PartCount:
-    """Parameters and forward FLOPs of one part (encoder or decoder); `attention` ⊂ `flops`."""
+    """Parameters and forward FLOPs of one part of the model: flops = attention + conv + linear."""
 
     params: int
     flops: int
     attention: int  # QKᵀ and AV of the serialized patch attention
+    conv: int  # the sparse convolutions (stem and CPE)
 
     @property
-    def layers(self) -> int:
-        """FLOPs of the parametric layers alone (linear layers and sparse convolutions)."""
-        return self.flops - self.attention
+    def linear(self) -> int:
+        """FLOPs of the linear layers (qkv, proj, MLP, CPE linear, pooling projections, seg head)."""
+        return self.flops - self.attention - self.conv
 
 
 @dataclass(frozen=True)
@@ -100,21 +97,21 @@ def count_model(model: nn.Module, batch: dict) -> ModelCount:
     with torch.inference_mode(), flop_counter() as counter:
         cpu_model(cpu_batch)
     cpu_model.train(was_training)
-    by_module = counter.get_flop_counts()  # "PTv3Segmentor.backbone.enc.enc0" -> {op: flops}
-    root = type(model).__name__
+    # "PTv3Segmentor.backbone.enc.enc0" -> "backbone.enc.enc0": {op: flops}
+    by_module = {name.partition(".")[2]: ops for name, ops in counter.get_flop_counts().items()}
+    convs = [name for name, module in model.named_modules() if isinstance(module, SubMConv3d)]
 
-    def part_count(modules: dict[str, nn.Module]) -> dict[str, PartCount]:
-        counts = {}
-        for name, module in modules.items():
-            ops = by_module.get(f"{root}.{name}", {})
-            attention = sum(flops for op, flops in ops.items() if op in ATTENTION_OPS)
-            counts[name.rsplit(".", 1)[-1]] = PartCount(num_params(module), sum(ops.values()), attention)
-        return counts
+    def stage_count(name: str, module: nn.Module) -> PartCount:
+        ops = by_module.get(name, {})
+        attention = ops.get(CPU_SDPA, 0)
+        conv = sum(sum(by_module.get(c, {}).values()) for c in convs if c.startswith(f"{name}."))
+        return PartCount(num_params(module), sum(ops.values()), attention, conv)
 
-    encoder, decoder = (part_count(modules) for modules in stages(model))
+    encoder, decoder = ({name.rsplit(".", 1)[-1]: stage_count(name, module) for name, module in part.items()}
+                        for part in stages(model))
     return ModelCount(encoder=_sum(encoder.values()), decoder=_sum(decoder.values()), per_stage=encoder | decoder)
 
 
 def _sum(counts: Iterable[PartCount]) -> PartCount:
     counts = list(counts)
-    return PartCount(*(sum(getattr(count, field) for count in counts) for field in ("params", "flops", "attention")))
+    return PartCount(*(sum(getattr(count, field.name) for count in counts) for field in fields(PartCount)))

@@ -1,8 +1,9 @@
 """Loading Pointcept checkpoints (`DefaultSegmentorV2` around PT-v3m1) into a `PTv3Segmentor`.
 
-Accepted files: Pointcept's training checkpoint (`{"state_dict": ..., "epoch": ...}`) or a bare
-state dict, with or without DDP's `module.` prefix. They are untrusted: `torch.load` runs with
-`weights_only=True`, and a file that needs full unpickling is refused unless `trust=True`.
+Accepted files: Pointcept's training checkpoint (`{"state_dict": ..., "epoch": ...}`), a bare
+state dict, with or without DDP's `module.` prefix, or a stage-1 checkpoint of train.py (`model.`).
+They are untrusted: `torch.load` runs with `weights_only=True`, and a file that needs full
+unpickling is refused unless `trust=True`.
 Keys and shapes must match exactly; otherwise the error lists every difference.
 """
 
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from ptdistill.errors import UserError
 
-DDP_PREFIX = "module."
+PREFIXES = ("module.", "model.")  # DDP's wrapper; the LightningModule's attribute in train.py checkpoints
 MAX_LISTED = 20  # differences listed per kind before "... and N more"
 
 
@@ -25,7 +26,7 @@ class CheckpointMismatchError(UserError):
 
 
 def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
-    """The state dict stored in a Pointcept checkpoint or bare state-dict file, without `module.`."""
+    """The state dict stored in a checkpoint or bare state-dict file, without its `PREFIXES`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -43,8 +44,9 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
     state = content.get("state_dict", content) if isinstance(content, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"checkpoint {path} holds no state dict (a mapping of names to tensors)")
-    if state and all(key.startswith(DDP_PREFIX) for key in state):
-        state = {key[len(DDP_PREFIX):]: value for key, value in state.items()}
+    for prefix in PREFIXES:
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
     return dict(state)
 
 

@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ptdistill.data.submission import PredictionWriter
 from ptdistill.errors import UserError
 from ptdistill.modules.segmentation import SegmentationModule
 
@@ -58,6 +59,16 @@ def format_table(rows: list[tuple[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def prediction_writers(cfg: DictConfig) -> list[PredictionWriter]:
+    """The callback that saves predictions in the benchmark's submission format, when asked to."""
+    if not cfg.save_predictions:
+        return []
+    if "submission" not in cfg.dataset:
+        raise UserError(f"save_predictions: dataset={cfg.dataset.name} has no submission format (dataset.submission)")
+    log.info("Writing predictions in %s's submission format to %s", cfg.dataset.name, cfg.predictions_dir)
+    return [PredictionWriter(instantiate(cfg.dataset.submission), cfg.predictions_dir)]
+
+
 def evaluate_iou(cfg: DictConfig) -> list[tuple[str, float]]:
     if not cfg.ckpt_path:
         raise UserError("evaluate.py task=iou needs ckpt_path=PATH (a train.py checkpoint)")
@@ -68,7 +79,7 @@ def evaluate_iou(cfg: DictConfig) -> list[tuple[str, float]]:
             f"dataset={cfg.dataset.name} has {cfg.dataset.num_classes}"
         )
     datamodule = instantiate(cfg.dataset.datamodule)
-    trainer = instantiate(cfg.trainer, logger=False)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=prediction_writers(cfg))
     if cfg.split == "val":
         trainer.validate(module, datamodule=datamodule)
     elif cfg.split == "test":

@@ -43,8 +43,10 @@ def fit(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
     checkpoint = trainer.checkpoint_callback
+    # Spawned DDP children do not send best_model_score back; the last logged value stands in for it.
+    best = checkpoint.best_model_score if checkpoint.best_model_score is not None else trainer.callback_metrics.get(cfg.optimized_metric)
     result = {
-        "val/mIoU": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan"),
+        "val/mIoU": float("nan") if best is None else float(best),
         "checkpoint": checkpoint.best_model_path or checkpoint.last_model_path,
     }
     if cfg.get("test"):

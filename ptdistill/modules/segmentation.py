@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from ptdistill.data.tta import full_resolution_scores
 from ptdistill.modules.metrics import FullResolutionIoU
 from ptdistill.modules.optim import configure_one_cycle
 
@@ -43,16 +44,19 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["offset"]))
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_iou, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, self.val_iou, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_iou, "test")
+    def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, self.test_iou, "test")
 
-    def _evaluate(self, batch: dict, iou: FullResolutionIoU, stage: str) -> None:
-        logits = self(batch)  # (N, K)
-        self.log(f"{stage}/loss", self.criterion(logits, batch["segment"]), batch_size=len(batch["offset"]))
-        iou.update_from_batch(logits, batch)
+    def _evaluate(self, batch: dict, iou: FullResolutionIoU, stage: str) -> torch.Tensor:
+        """The predicted class (N_full,) of every original point, softmax summed over any TTA views."""
+        logits = self(batch)  # (N, K), the voxels of every view
+        self.log(f"{stage}/loss", self.criterion(logits, batch["segment"]), batch_size=len(batch["name"]))
+        prediction = full_resolution_scores(logits, batch["inverse"]).argmax(dim=1)  # (N_full,)
+        iou.update(prediction, batch["origin_segment"])
+        return prediction
 
     def on_validation_epoch_end(self) -> None:
         self._log_iou(self.val_iou, "val")

@@ -152,7 +152,7 @@ def test_bad_files_name_file_and_problem(nuscenes, corrupt, problem):
     points, label = corrupt(*scans[data.names[0]])
     data.scans[0].write_bytes(points)
     data.labels[0].write_bytes(np.asarray(label, dtype=np.uint8).tobytes())
-    with pytest.raises(BadSampleError, match=f"{data.names[0]}.*{problem}|{problem}") as error:
+    with pytest.raises(BadSampleError, match=problem) as error:
         data[0]
     assert str(error.value).startswith(str(root))
 

@@ -102,6 +102,7 @@ def test_model_flops_are_split_without_loss():
         assert part.attention > 0 and part.conv > 0 and part.linear > 0
 
 
+@pytest.mark.slow
 def test_report_runs_and_writes_markdown_and_json(tiny_config, capsys):
     cfg = tiny_config("task=efficiency", "efficiency.source=synthetic", "efficiency.points=1500",
                       "efficiency.warmup=0", "efficiency.runs=2", "efficiency.threads=1", "efficiency.top_ops=3",

@@ -151,6 +151,7 @@ def test_bad_output_or_model_gets_a_clear_error(exported, scan, tmp_path, capsys
     assert "junk.pt" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_runs_without_hydra_or_lightning(exported, scan, tmp_path):
     """The console script's `main`, in a fresh interpreter: no training stack, and no traceback on bad input."""
     _, artifact, _ = exported

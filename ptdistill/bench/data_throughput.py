@@ -3,8 +3,9 @@
     python -m ptdistill.bench.data_throughput [--repeats 20] [--grid 0.05]
 
 The SemanticKITTI-sized scan is a synthetic HDL-64E scan (64 beams, 2048 azimuth steps: about 120k
-points, as in SemanticKITTI) written in SemanticKITTI's layout, so its reader row is the SemanticKITTI
-reader's. Target: the full training transform reaches >= 10 scans/s on it. A second table gives the
+points, as in SemanticKITTI) written in SemanticKITTI's layout and, as a copy, in the preprocessed Waymo
+layout, giving a row per reader (the nuScenes reader reads a .pcd.bin and a uint8 label file per scan,
+the SemanticKITTI reader's work). Target: the full training transform reaches >= 10 scans/s on it. A second table gives the
 voxels per default synthetic scan at the grid sizes a demo may use.
 """
 
@@ -29,6 +30,7 @@ from ptdistill.data.transforms import (
     RandomRotateZ,
     RandomScale,
 )
+from ptdistill.data.waymo import WaymoDataset
 
 SYNTHETIC = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "dataset" / "synthetic.yaml")
 SENSORS = {
@@ -59,6 +61,16 @@ def write_dataset(root: Path, lidar: SpinningLidar, count: int) -> SemanticKITTI
     return SemanticKITTIDataset(str(root), "train", {"train": ["00"]}, learning_map)
 
 
+def waymo_copy(dataset: SemanticKITTIDataset, root: Path) -> WaymoDataset:
+    """The scans of `dataset` in the preprocessed Waymo layout under `root`, opened as the train split."""
+    for i in range(len(dataset)):
+        sample, frame = dataset.read(i), root / "training" / "segment" / f"{i:06d}"
+        frame.mkdir(parents=True)
+        for key in ("coord", "strength", "segment"):
+            np.save(frame / f"{key}.npy", sample[key])
+    return WaymoDataset(str(root), "train", {"train": "training"})
+
+
 def throughput_rows(grid: float, repeats: int, tmp: Path) -> list[tuple]:
     """(scan, step, points, voxels or None, seconds per scan) for every sensor and pipeline step."""
     augment = [RandomRotateZ(1.0), RandomScale(), RandomFlip(), RandomJitter()]
@@ -72,9 +84,11 @@ def throughput_rows(grid: float, repeats: int, tmp: Path) -> list[tuple]:
             voxels = len(transform(dict(sample), rng)["coord"])
             seconds = median_seconds(lambda i, t=transform, s=sample, r=rng: t(dict(s), r), repeats)
             rows.append((name, step, len(sample["coord"]), voxels, seconds))
-        dataset.transform = train
-        seconds = median_seconds(lambda i, d=dataset: d[i % len(d)], repeats)
-        rows.append((name, "read + train transform", len(sample["coord"]), None, seconds))
+        readers = {"SemanticKITTI": dataset, "Waymo": waymo_copy(dataset, tmp / f"{name.split()[0]}-waymo")}
+        for reader, data in readers.items():
+            data.transform = train
+            seconds = median_seconds(lambda i, d=data: d[i % len(d)], repeats)
+            rows.append((name, f"{reader} reader + train transform", len(sample["coord"]), None, seconds))
         seconds = median_seconds(lambda i, s=lidar: generate_scan([1, 0, i], s), max(repeats // 4, 3))
         rows.append((name, "generate scan", len(sample["coord"]), None, seconds))
     return rows

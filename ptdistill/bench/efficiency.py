@@ -171,14 +171,16 @@ def efficiency_report(cfg: DictConfig) -> dict:
                             f"dataset={cfg.dataset.name} has {cfg.dataset.num_classes}")
         configs["student"] = (student_config, weights)
     settings = cfg.efficiency
+    on_gpu = settings.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
+        raise UserError(f"efficiency.device={settings.device} but CUDA is not available; use efficiency.device=cpu")
     results = {}
     for name, (model_config, weights) in configs.items():
         log.info("Measuring the %s", name)
         results[name] = run_isolated(model_config, weights, batch, settings.device, settings.warmup, settings.runs,
                                      settings.threads)
-    threads = settings.threads or torch.get_num_threads()
-    where = f"{torch.cuda.get_device_name(settings.device)}" if settings.device.startswith("cuda") else \
-        f"CPU, {threads} threads"
+    where = torch.cuda.get_device_name(settings.device) if on_gpu else \
+        f"CPU, {settings.threads or torch.get_num_threads()} threads"
     header = (f"Input: {source}, grid {cfg.dataset.grid_size} m; points per level "
               f"{' > '.join(map(str, points_per_stage(batch)))}. {where}; {settings.warmup} warm-up + "
               f"{settings.runs} timed runs. Student: {cfg.ckpt_path or 'cfg.model.student, random weights'}.")

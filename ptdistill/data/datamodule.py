@@ -1,6 +1,6 @@
 """The LightningDataModule of every LiDAR dataset, built by Hydra from `conf/dataset/<name>.yaml`."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from ptdistill.data.collate import collate
 from ptdistill.data.dataset import LidarDataset, Transform
 from ptdistill.data.sampler import EpochShuffleSampler
+from ptdistill.data.tta import TestTimeAugmentation
 
 
 class LidarDataModule(L.LightningDataModule):
@@ -24,6 +25,7 @@ class LidarDataModule(L.LightningDataModule):
         prepare: called once, on one process, before setup; e.g. generates the synthetic scans.
         seed: the training order and augmentation of epoch e come from (seed, e) alone, and the epoch
             counter is saved in checkpoints, so a resumed run sees the data an uninterrupted one would.
+        tta: evaluate val and test under every view of `tta_views` (`ptdistill.data.tta.View` arguments).
     """
 
     def __init__(
@@ -36,10 +38,14 @@ class LidarDataModule(L.LightningDataModule):
         num_workers: int = 0,
         prepare: Callable[[], None] | None = None,
         seed: int = 0,
+        tta: bool = False,
+        tta_views: Sequence[Mapping] = (),
     ):
         super().__init__()
         self.dataset = dataset
         self.train_transform, self.eval_transform = train_transform, eval_transform
+        if tta:
+            self.eval_transform = TestTimeAugmentation(eval_transform, tta_views)
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.prepare = prepare
         self.seed = seed

@@ -27,27 +27,24 @@ class View:
 
 
 class TestTimeAugmentation:
-    """The evaluation transform, applied to every view of a scan when `enabled`.
+    """The evaluation `transform` applied to every view of a scan (`LidarDataModule(tta=True)`).
 
-    Enabled, a sample becomes `{"views": [transformed view, ...], "name": ...}`, each view with its own
-    inverse (N_full,); `collate` puts the views of a batch side by side and stacks their inverses into
-    inverse (V, N_full). Disabled, the sample is `transform(sample)` as without this wrapper.
+    A sample becomes `{"views": [transformed view, ...], "name": ...}`, each view with its own inverse
+    (N_full,); `collate` puts the views of a batch side by side and stacks their inverses into
+    inverse (V, N_full).
 
     Args:
         transform: the evaluation transform (grid sampling that keeps the inverse, features).
         views: keyword arguments of each `View`, e.g. [{"degrees": 0}, {"degrees": 90}, ...].
-        enabled: off by default; `dataset.tta.enabled=true` turns it on for val and test.
     """
 
-    def __init__(self, transform: Transform, views: Sequence[Mapping] = (), enabled: bool = False):
-        if enabled and not views:
+    def __init__(self, transform: Transform, views: Sequence[Mapping]):
+        if not views:
             raise ValueError("dataset.tta.views: test-time augmentation is enabled but lists no views")
-        self.transform, self.enabled = transform, enabled
+        self.transform = transform
         self.views = [View(**view) for view in views]
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        if not self.enabled:
-            return self.transform(sample, rng)
         views = [self.transform(view(dict(sample), rng), rng) for view in self.views]
         return {"views": views, "name": sample["name"]}
 

@@ -66,6 +66,8 @@ class WaymoDataset(LidarDataset):
     def read(self, index: int) -> dict:
         frame = self.frames[index]
         coord = load_array(frame / "coord.npy", (3,))
+        if len(coord) == 0:
+            raise BadSampleError(f"{frame / 'coord.npy'}: empty scan (no points)")
         strength = load_array(frame / "strength.npy", (1,), len(coord))
         check_scan(coord, strength, frame / "coord.npy")
         return {"coord": coord, "strength": strength, "segment": self._read_segment(frame, len(coord))}

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -35,6 +36,15 @@ def compose_config(tmp_path: Path, *overrides: str, config: str = "train") -> Di
         cfg.paths.data_dir = str(tmp_path.parent / "data")  # the tiny scans are generated once per session
         cfg.paths.output_dir = str(tmp_path / "run")
     return cfg
+
+
+@pytest.fixture
+def one_thread():
+    """For tiny clouds one thread is as fast as two, and immune to other processes holding the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

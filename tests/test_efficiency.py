@@ -19,12 +19,7 @@ from ptdistill.models.ptv3.structure import PointBatch
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model(name: str, role: str, num_classes: int = 16) -> torch.nn.Module:

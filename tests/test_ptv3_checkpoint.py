@@ -43,13 +43,7 @@ POINTCEPT_TEACHER_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These clouds are tiny: one thread is as fast, and immune to other processes holding the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(name: str, num_classes: int = 5):

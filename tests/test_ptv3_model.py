@@ -15,13 +15,7 @@ NUM_CLASSES = 5
 TAPS = ("enc0", "enc1", "enc2", "enc3", "enc4", "dec3", "dec2", "dec1", "dec0")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These clouds are tiny: one thread is as fast, and immune to other processes holding the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_config(name: str, in_channels: int = 4, num_classes: int = NUM_CLASSES):

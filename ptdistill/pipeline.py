@@ -48,7 +48,10 @@ def fit(cfg: DictConfig) -> dict:
     result = {
         "val/mIoU": float("nan") if best is None else float(best),
         "checkpoint": checkpoint.best_model_path or checkpoint.last_model_path,
+        "skipped_samples": datamodule.num_skipped,
     }
+    if result["skipped_samples"]:
+        log.warning("%d bad samples were skipped (skip_bad is on); see the warnings above", result["skipped_samples"])
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=result["checkpoint"])
     if cfg.stage.name == "teacher" and trainer.is_global_zero:
@@ -106,13 +109,14 @@ def train(cfg: DictConfig) -> float:
         rows["student (no KD)"] = fit(_compose_stage("student", "student"))["val/mIoU"]
     with open_dict(cfg):
         cfg.model.teacher.checkpoint = teacher_checkpoint
-    student_miou = fit(cfg)["val/mIoU"]
-    rows[f"student (KD, loss={cfg.loss.name})"] = student_miou
+    student = fit(cfg)
+    rows[f"student (KD, loss={cfg.loss.name})"] = student["val/mIoU"]
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(comparison_table(rows))
-        summary = {"dataset": cfg.dataset.name, "loss": cfg.loss.name, "seed": cfg.seed, "val/mIoU": student_miou}
-        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps({**summary, "rows": rows}))
-    return student_miou
+        summary = {"dataset": cfg.dataset.name, "loss": cfg.loss.name, "seed": cfg.seed, "val/mIoU": student["val/mIoU"]}
+        summary |= {"skipped_samples": student["skipped_samples"], "rows": rows}
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(summary))
+    return student["val/mIoU"]
 
 
 def comparison_table(rows: dict[str, float | None]) -> str:

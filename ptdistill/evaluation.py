@@ -29,10 +29,19 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def module_from_checkpoint(path: str | Path) -> SegmentationModule:
-    """The trained model (the student of a distillation run), in a stage-1 module, teacher-free."""
+def checkpoint_model(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """The trained model of a train.py checkpoint (the student of a distillation run): its config
+    (with `_target_`), its state dict and the module's hyperparameters."""
     checkpoint = load_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
+    prefix = "model."  # the LightningModule's attribute
+    weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return dict(hparams["model"]), weights, hparams
+
+
+def module_from_checkpoint(path: str | Path) -> SegmentationModule:
+    """The trained model in a stage-1 module, teacher-free, in eval mode."""
+    _, weights, hparams = checkpoint_model(path)
     module = SegmentationModule(
         model=hparams["model"],
         criterion=hparams["criterion"],
@@ -42,7 +51,6 @@ def module_from_checkpoint(path: str | Path) -> SegmentationModule:
         class_names=hparams["class_names"],
         ignore_index=hparams["ignore_index"],
     )
-    weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     module.model.load_state_dict(weights)
     return module.eval()
 

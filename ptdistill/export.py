@@ -15,21 +15,12 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ptdistill.errors import UserError
-from ptdistill.evaluation import load_checkpoint
+from ptdistill.evaluation import checkpoint_model
 from ptdistill.predict import ARTIFACT_FORMAT, MODEL_CLASSES, load_artifact
 
 log = logging.getLogger(__name__)
 
-MODEL_PREFIX = "model."  # the trained model's keys in a train.py checkpoint's state dict
 BUILD_ONLY_ARGS = ("checkpoint", "trust_checkpoint")  # construction-time file loading; the artifact holds the weights
-
-
-def checkpoint_model(path: str | Path) -> tuple[dict, dict[str, Tensor], dict]:
-    """The trained model of a train.py checkpoint: its config (with `_target_`), state dict, hyperparameters."""
-    checkpoint = load_checkpoint(path)
-    hparams = checkpoint["hyper_parameters"]
-    weights = {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-    return dict(hparams["model"]), weights, hparams
 
 
 def student_artifact(model_config: dict, state_dict: dict[str, Tensor], class_names: list[str],

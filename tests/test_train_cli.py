@@ -1,6 +1,7 @@
 """`python train.py` end to end: stage 2 trains its teacher first, then reuses it; the Table 7 report."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -26,3 +27,14 @@ def test_distillation_trains_the_missing_teacher_then_reuses_it(tmp_path):
     second = _train(tmp_path, "loss=kld", "seed=1")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Reusing the stage-1 teacher" in second.log and "training the teacher first" not in second.log
+
+
+def test_multirun_from_any_folder_writes_one_run_per_job(tmp_path):
+    """`train.py -m` resolves its sweep folder before Hydra's runtime config exists: paths must not need it."""
+    args = [*TINY, "trainer.max_epochs=1", f"paths.data_dir={tmp_path.parent}/data", "stage=teacher", "seed=0,1"]
+    without_root = {k: v for k, v in os.environ.items() if k != "PTDISTILL_ROOT"}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, env=without_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.parent.name for p in (tmp_path / "outputs" / "multirun").glob("*/*/checkpoints"))
+    assert jobs == ["0", "1"]

@@ -5,7 +5,7 @@ out[i] = bias + sum over kernel offsets d of weight[:, d, :] @ feat[site at voxe
 (cross-correlation, like `torch.nn.functional.conv3d`). The weight keeps spconv's layout
 (C_out, kx, ky, kz, C_in), so Pointcept's checkpoints load unchanged. Two paths, one interface:
 - plain PyTorch (CPU, and CUDA without spconv): neighbour pairs found once per voxel set and
-  kernel size (spconv's `indice_key` idea), then one gather, one matmul per kernel offset and one
+  kernel size (spconv's `indice_key` idea), then per kernel offset one gather, one matmul and one
   index_add; the centre offset, where every site is its own neighbour, is a plain matmul;
 - spconv's `SubMConv3d` on CUDA when `spconv.pytorch` imports (its CPU build refuses biases in
   eval mode and has no backward).
@@ -44,6 +44,7 @@ def build_kernel_map(grid_coord: Tensor, batch: Tensor, kernel_size: int) -> Ker
     grid_coord (N, 3) non-negative voxel coordinates, batch (N,) sample index. Keys are ordered
     (sample, x, y, z), so the k neighbours along z of one (x, y) column lie in one window of k
     consecutive keys: one binary search per column offset finds them all (k² searches, not k³).
+    Columns are searched one at a time, so temporaries stay O(N·k), not O(N·k³).
     """
     k, radius = kernel_size, kernel_size // 2
     extent = (grid_coord.amax(0) + 2 * radius + 1).tolist()  # per axis, with room for the offsets
@@ -53,23 +54,26 @@ def build_kernel_map(grid_coord: Tensor, batch: Tensor, kernel_size: int) -> Ker
     if bool((sorted_key[1:] == sorted_key[:-1]).any()):
         raise ValueError("grid_coord holds the same voxel twice in a sample; grid-sample the points first")
 
-    span = torch.arange(-radius, radius + 1, device=key.device)
-    dx, dy = torch.cartesian_prod(span, span).unbind(1)  # (k²,) each, x slowest
-    window = key + ((dx * extent[1] + dy) * extent[2] - radius)[:, None]  # (k², N) lowest key of each window
-    first = torch.searchsorted(sorted_key, window)  # (k², N)
     sentinel = sorted_key.new_full((k,), torch.iinfo(torch.int64).max)  # lets `first + j` run past the end
-    position = first[..., None] + torch.arange(k, device=key.device)  # (k², N, k) candidates in sorted_key
-    dz = torch.cat([sorted_key, sentinel])[position] - window[..., None]  # >= 0; z offset + radius if < k
-    column, site, j = (dz < k).nonzero(as_tuple=True)  # ordered by column, then site
-    offset = column * k + dz[column, site, j]  # flat kernel position, (kx, ky, kz) order
-    off_centre = offset != k**3 // 2  # the centre offset is handled densely
-    offset, site, position = offset[off_centre], site[off_centre], position[column, site, j][off_centre]
-    offset, group_order = torch.sort(offset, stable=True)  # group by offset, keeping sites ascending
-    counts = torch.bincount(offset, minlength=k**3).tolist()
+    padded_key, along_z = torch.cat([sorted_key, sentinel]), torch.arange(k, device=key.device)
+    in_index, out_index, offsets = [], [], []
+    for column in range(k * k):  # (dx, dy) with dx slowest, as the flat kernel position
+        dx, dy = divmod(column, k)
+        window = key + ((dx - radius) * extent[1] + dy - radius) * extent[2] - radius  # (N,) lowest key
+        position = torch.searchsorted(sorted_key, window)[:, None] + along_z  # (N, k) candidates
+        dz = padded_key[position] - window[:, None]  # >= 0; z offset + radius if < k
+        site, j = (dz < k).nonzero(as_tuple=True)  # ordered by site
+        offset = column * k + dz[site, j]  # flat kernel position, (kx, ky, kz) order
+        keep = offset != k**3 // 2  # the centre offset is handled densely
+        offset, group_order = torch.sort(offset[keep], stable=True)  # group by offset, sites ascending
+        in_index.append(perm[position[site, j][keep][group_order]])
+        out_index.append(site[keep][group_order])
+        offsets.append(offset)
+    counts = torch.bincount(torch.cat(offsets), minlength=k**3).tolist()
     groups = [(o, c) for o, c in enumerate(counts) if c > 0]
     return KernelMap(
-        in_index=perm[position[group_order]],
-        out_index=site[group_order],
+        in_index=torch.cat(in_index),
+        out_index=torch.cat(out_index),
         offsets=tuple(o for o, _ in groups),
         counts=tuple(c for _, c in groups),
     )
@@ -139,10 +143,10 @@ class SubMConv3d(nn.Module):
         kernel_map = voxels.kernel_map(self.kernel_size)
         weight = self.weight.flatten(1, 3)  # (C_out, k³, C_in)
         out = feat @ weight[:, weight.shape[1] // 2].T  # centre offset: every site is its own neighbour
-        if kernel_map.counts:
-            gathered = feat[kernel_map.in_index].split(kernel_map.counts)  # (P_d, C_in) per offset d
-            pairs = torch.cat([g @ weight[:, d].T for g, d in zip(gathered, kernel_map.offsets)])
-            out = out.index_add(0, kernel_map.out_index, pairs)
+        # One offset at a time, so that no (P, C_out) tensor of all pairs is ever alive.
+        groups = zip(kernel_map.in_index.split(kernel_map.counts), kernel_map.out_index.split(kernel_map.counts))
+        for (source, target), d in zip(groups, kernel_map.offsets):
+            out.index_add_(0, target, feat[source] @ weight[:, d].T)  # (P_d, C_out) into (N, C_out)
         return out if self.bias is None else out + self.bias
 
     def _spconv_forward(self, feat: Tensor, voxels: VoxelSet) -> Tensor:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from nuscenes import NuScenes
 from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
-from nuscenes.utils.color_map import get_colormap
 from nuscenes.utils.splits import create_splits_scenes
 from omegaconf import OmegaConf
 
 from ptdistill.data.errors import BadSampleError, DatasetNotFoundError
 from ptdistill.data.nuscenes import NuScenesDataset
+from ptdistill.data.nuscenes_layout import write_nuscenes
 
 CONFIG = OmegaConf.load(Path(__file__).parents[1] / "conf" / "dataset" / "nuscenes.yaml")
 LEARNING_MAP = {int(k): int(v) for k, v in CONFIG.learning_map.items()}
@@ -28,56 +28,17 @@ SCENES = {  # version -> (scene name, keyframes); real names, so the devkit's of
 
 
 def write_tables(root: Path, version: str, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The devkit's tables for SCENES[version] plus keyframe point files and, outside v1.0-test, lidarseg
-    files; returns {lidar token: (points (N, 5), lidarseg label (N,))}."""
-    tables = {name: [] for name in ("attribute", "visibility", "instance", "sample_annotation")}
-    tables["category"] = [
-        {"token": f"category{i}", "name": name, "description": "", "index": i} for i, name in enumerate(get_colormap())
-    ]
-    tables["sensor"] = [{"token": "sensor0", "channel": "LIDAR_TOP", "modality": "lidar"}]
-    tables["calibrated_sensor"] = [
-        {"token": "calib0", "sensor_token": "sensor0", "translation": [0.9, 0, 1.8], "rotation": [1, 0, 0, 0],
-         "camera_intrinsic": []}
-    ]
-    tables["log"] = [{"token": "log0", "logfile": "", "vehicle": "n015", "date_captured": "2018-07-24",
-                      "location": "singapore-onenorth"}]
-    tables["map"] = [{"token": "map0", "log_tokens": ["log0"], "category": "semantic_prior", "filename": ""}]
-    tables |= {name: [] for name in ("scene", "sample", "sample_data", "ego_pose", "lidarseg")}
-    scans = {}
-    for s, (scene, count) in enumerate(SCENES[version]):
-        samples = [f"{version}-sample{s}-{i}" for i in range(count)]
-        for i, token in enumerate(samples):
-            lidar, timestamp = f"{version}-lidar{s}-{i}", 1_532_402_927_000_000 + 500_000 * (10 * s + i)
-            filename = f"samples/LIDAR_TOP/{scene}__LIDAR_TOP__{timestamp}.pcd.bin"
-            neighbours = {"prev": samples[i - 1] if i else "", "next": samples[i + 1] if i + 1 < count else ""}
-            tables["sample"].append({"token": token, "timestamp": timestamp, "scene_token": f"scene{s}", **neighbours})
-            tables["ego_pose"].append({"token": f"ego-{lidar}", "timestamp": timestamp, "rotation": [1, 0, 0, 0],
-                                       "translation": [0, 0, 0]})
-            tables["sample_data"].append({
-                "token": lidar, "sample_token": token, "ego_pose_token": f"ego-{lidar}",
-                "calibrated_sensor_token": "calib0", "timestamp": timestamp, "fileformat": "pcd", "is_key_frame": True,
-                "height": 0, "width": 0, "filename": filename, "prev": "", "next": "",
-            })
+    """Random keyframes of SCENES[version] in nuScenes' layout; returns {lidar token: (points (N, 5), label (N,))}."""
+    scenes = []
+    for scene, count in SCENES[version]:
+        keyframes = []
+        for i in range(count):
             points = np.column_stack([rng.normal(0, 10, (40 + i, 3)), rng.uniform(0, 255, 40 + i),
                                       rng.integers(0, 32, 40 + i)]).astype(np.float32)
-            label = rng.integers(0, 32, len(points)).astype(np.uint8)
-            (root / filename).parent.mkdir(parents=True, exist_ok=True)
-            points.tofile(root / filename)
-            if version != "v1.0-test":
-                label_file = f"lidarseg/{version}/{lidar}_lidarseg.bin"
-                (root / label_file).parent.mkdir(parents=True, exist_ok=True)
-                label.tofile(root / label_file)
-                tables["lidarseg"].append({"token": f"seg-{lidar}", "sample_data_token": lidar, "filename": label_file})
-            scans[lidar] = points, label
-        tables["scene"].append({"token": f"scene{s}", "name": scene, "description": "", "log_token": "log0",
-                                "nbr_samples": count, "first_sample_token": samples[0],
-                                "last_sample_token": samples[-1]})
-    if version == "v1.0-test":
-        del tables["lidarseg"]
-    (root / version).mkdir(parents=True)
-    for name, records in tables.items():
-        (root / version / f"{name}.json").write_text(json.dumps(records))
-    return scans
+            keyframes.append((points, rng.integers(0, 32, len(points)).astype(np.uint8)))
+        scenes.append((scene, keyframes))
+    tokens = write_nuscenes(root, version, scenes)
+    return dict(zip(tokens, [keyframe for _, keyframes in scenes for keyframe in keyframes]))
 
 
 @pytest.fixture

@@ -3,10 +3,11 @@
     python -m ptdistill.bench.data_throughput [--repeats 20] [--grid 0.05]
 
 The SemanticKITTI-sized scan is a synthetic HDL-64E scan (64 beams, 2048 azimuth steps: about 120k
-points, as in SemanticKITTI) written in SemanticKITTI's layout and, as a copy, in the preprocessed Waymo
-layout, giving a row per reader (the nuScenes reader reads a .pcd.bin and a uint8 label file per scan,
-the SemanticKITTI reader's work). Target: the full training transform reaches >= 10 scans/s on it. A second table gives the
-voxels per default synthetic scan at the grid sizes a demo may use.
+points, as in SemanticKITTI); the default synthetic scan is an HDL-32E one (about 30k points, as a
+nuScenes keyframe). Each is written in the SemanticKITTI layout and, as copies, in the preprocessed
+Waymo layout and in nuScenes' layout (devkit tables, .pcd.bin, lidarseg .bin), giving a row per reader.
+Target: the full training transform reaches >= 10 scans/s on the SemanticKITTI-sized scan. A second
+table gives the voxels per default synthetic scan at the grid sizes a demo may use.
 """
 
 import argparse
@@ -19,6 +20,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from ptdistill.data.lidar import SpinningLidar
+from ptdistill.data.nuscenes import NuScenesDataset
+from ptdistill.data.nuscenes_layout import write_nuscenes
 from ptdistill.data.semantickitti import SemanticKITTIDataset
 from ptdistill.data.synthetic import generate_scan, write_scan
 from ptdistill.data.transforms import (
@@ -32,7 +35,9 @@ from ptdistill.data.transforms import (
 )
 from ptdistill.data.waymo import WaymoDataset
 
-SYNTHETIC = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "dataset" / "synthetic.yaml")
+CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+SYNTHETIC = OmegaConf.load(CONFIGS / "synthetic.yaml")
+NUSCENES = OmegaConf.load(CONFIGS / "nuscenes.yaml")
 SENSORS = {
     "SemanticKITTI-sized (HDL-64E)": SpinningLidar(beams=64, fov_up=2.0, fov_down=-24.8, azimuth_steps=2048),
     "synthetic default (HDL-32E)": SpinningLidar(),
@@ -71,6 +76,23 @@ def waymo_copy(dataset: SemanticKITTIDataset, root: Path) -> WaymoDataset:
     return WaymoDataset(str(root), "train", {"train": "training"})
 
 
+def nuscenes_copy(dataset: SemanticKITTIDataset, root: Path) -> NuScenesDataset:
+    """The scans of `dataset` as v1.0-mini keyframes of one mini_train scene, opened as the train split.
+
+    Intensity becomes nuScenes' 0-255 range; the labels are lidarseg ids drawn at random (the reader's
+    work does not depend on them).
+    """
+    rng, keyframes = np.random.default_rng(0), []
+    for i in range(len(dataset)):
+        sample = dataset.read(i)
+        ring = np.zeros((len(sample["coord"]), 1))
+        points = np.concatenate([sample["coord"], 255 * sample["strength"], ring], axis=1)
+        keyframes.append((points, rng.integers(0, 32, len(points))))
+    write_nuscenes(root, "v1.0-mini", [("scene-0061", keyframes)])  # the first scene of mini_train
+    learning_map = {int(k): int(v) for k, v in NUSCENES.learning_map.items()}
+    return NuScenesDataset(str(root), "train", {"train": "mini_train"}, {"train": "v1.0-mini"}, learning_map)
+
+
 def throughput_rows(grid: float, repeats: int, tmp: Path) -> list[tuple]:
     """(scan, step, points, voxels or None, seconds per scan) for every sensor and pipeline step."""
     augment = [RandomRotateZ(1.0), RandomScale(), RandomFlip(), RandomJitter()]
@@ -84,7 +106,11 @@ def throughput_rows(grid: float, repeats: int, tmp: Path) -> list[tuple]:
             voxels = len(transform(dict(sample), rng)["coord"])
             seconds = median_seconds(lambda i, t=transform, s=sample, r=rng: t(dict(s), r), repeats)
             rows.append((name, step, len(sample["coord"]), voxels, seconds))
-        readers = {"SemanticKITTI": dataset, "Waymo": waymo_copy(dataset, tmp / f"{name.split()[0]}-waymo")}
+        readers = {
+            "SemanticKITTI": dataset,
+            "Waymo": waymo_copy(dataset, tmp / f"{name.split()[0]}-waymo"),
+            "nuScenes": nuscenes_copy(dataset, tmp / f"{name.split()[0]}-nuscenes"),
+        }
         for reader, data in readers.items():
             data.transform = train
             seconds = median_seconds(lambda i, d=data: d[i % len(d)], repeats)

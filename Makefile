@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) -m ptdistill.bench.ptv3_speed
 	$(PY) -m ptdistill.bench.persistence
 	$(PY) -m ptdistill.bench.data_throughput
+	$(PY) -m ptdistill.bench.distill_step
 
 clean:
 	rm -rf outputs multirun lightning_logs .pytest_cache

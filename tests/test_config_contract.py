@@ -1,10 +1,12 @@
 """The config contract of DESIGN.md that outside tools rely on."""
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from conftest import ROOT
 
+TABLE7_TERMS = {"kld": {"kd"}, "topo": {"kd", "topo"}, "grad": {"kd", "grad"}, "topo+grad": {"kd", "topo", "grad"}}
 PAPER_COUNTS = {"teacher": 46_159_312, "student": 2_777_344}  # Pointcept's PT-v3m1, paper: 46.16M / 2.78M
 
 
@@ -22,3 +24,14 @@ def test_train_config_composes_every_group(tiny_config):
     for group in ("dataset", "model", "loss", "stage", "trainer", "logger", "callbacks"):
         assert group in cfg, group
     assert cfg.stage.name == "distill" and cfg.dataset.name == "synthetic"
+
+
+@pytest.mark.parametrize("experiment", ["demo", "table7_cpu", "table7"])
+def test_every_table7_row_builds_under_every_experiment(tiny_config, experiment):
+    """An experiment's settings must not leave a half-defined term when `loss=` leaves its term out."""
+    for loss, terms in TABLE7_TERMS.items():
+        cfg = tiny_config(f"experiment={experiment}", f"loss={loss}")
+        module = instantiate(cfg.stage.module)
+        assert set(module.terms) == terms, (experiment, loss)
+        if "topo" in terms:
+            assert module.terms["topo"].num_samples == cfg.topo_samples

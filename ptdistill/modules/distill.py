@@ -46,6 +46,10 @@ class DistillModule(SegmentationModule):
         unknown = set(terms) - set(KNOWN_TERMS)
         if unknown:
             raise UserError(f"unknown distillation terms {sorted(unknown)}; known: {list(KNOWN_TERMS)}")
+        incomplete = sorted(name for name, term in terms.items() if "_target_" not in (term.get("loss") or {}))
+        if incomplete:
+            raise UserError(f"loss.terms.{incomplete[0]} has no loss._target_: an override or experiment set its keys, "
+                            "but the chosen loss= option does not define that term")
         self.teacher = instantiate(teacher).requires_grad_(False).eval()
         self.terms = nn.ModuleDict({name: instantiate(term["loss"]) for name, term in terms.items()})
         self.weights = {name: float(term["weight"]) for name, term in terms.items()}

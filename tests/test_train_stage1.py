@@ -2,12 +2,17 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
+import numpy as np
+import pytest
 import torch
 from omegaconf import open_dict
 
-from ptdistill.evaluation import load_checkpoint, module_from_checkpoint
+from ptdistill.data.semantickitti import SemanticKITTIDataset
+from ptdistill.evaluation import evaluate_iou, load_checkpoint, module_from_checkpoint
+from ptdistill.modules.metrics import FullResolutionIoU
 from ptdistill.pipeline import fit, teacher_home
 
 from conftest import ROOT
@@ -71,3 +76,24 @@ def test_evaluate_rejects_a_checkpoint_that_is_not_one_of_ours(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}}, fake)
     result = _cli("evaluate.py", f"ckpt_path={fake}", f"paths.log_dir={tmp_path}/out")
     assert result.returncode != 0 and "not a ptdistill" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_prints_iou_and_saves_predictions_that_score_the_same(tiny_config, capsys):
+    """`evaluate.py save_predictions=true`: the `.label` files hold every original point, and scoring
+    them against the ground truth gives the mIoU the printed table reports."""
+    trained = fit(tiny_config("stage=teacher", "trainer.max_epochs=1"))
+    cfg = tiny_config(f"ckpt_path={trained['checkpoint']}", "save_predictions=true", config="evaluate")
+    rows = evaluate_iou(cfg)
+    assert "mIoU" in capsys.readouterr().out
+    assert (Path(cfg.paths.output_dir) / "iou_synthetic_val.csv").read_text().count("\n") == len(rows) + 1
+
+    val = SemanticKITTIDataset(cfg.dataset.root, "val", cfg.dataset.splits, cfg.dataset.learning_map)
+    to_class = {raw: k for k, raw in cfg.dataset.learning_map_inv.items()}
+    metric = FullResolutionIoU(cfg.dataset.num_classes)
+    for i, name in enumerate(val.names):
+        sequence, scan = name.split("/")
+        raw = np.fromfile(Path(cfg.predictions_dir) / "sequences" / sequence / "predictions" / f"{scan}.label", np.uint32)
+        truth = val.read(i)["segment"]
+        assert raw.shape == truth.shape, name
+        metric.update(torch.tensor([to_class[int(r)] for r in raw]), torch.from_numpy(truth))
+    assert FullResolutionIoU.mean(metric.compute()).item() == pytest.approx(rows[-1][1], abs=1e-6)

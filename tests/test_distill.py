@@ -5,8 +5,11 @@ import math
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
+from ptdistill.evaluation import load_checkpoint
 from ptdistill.modules.distill import DistillModule
+from ptdistill.pipeline import fit
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +94,23 @@ def test_checkpoint_holds_the_student_only(distill_setup):
     assert checkpoint["state_dict"] and not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])  # strict: the teacher keys are put back
+
+
+def test_resumed_distillation_reaches_the_uninterrupted_state(tiny_config):
+    """Interrupted after epoch 1 and resumed from last.ckpt, topo+grad distillation ends bit-identical
+    (student weights, optimizer and skip counters), since the teacher, TPS and sampler are all replayed."""
+    overrides = ("loss=topo+grad", "loss.terms.topo.loss.num_samples=48", "trainer.deterministic=true")
+    uninterrupted = tiny_config(*overrides)
+    fit(uninterrupted)
+    first = tiny_config(*overrides)
+    with open_dict(first):
+        first.callbacks.interrupt = {"_target_": "test_train_stage1.Interrupt"}
+    fit(first)
+    resumed = tiny_config(*overrides, f"ckpt_path={first.paths.output_dir}/checkpoints/last.ckpt")
+    fit(resumed)
+    expected, final = (load_checkpoint(f"{c.paths.output_dir}/checkpoints/last.ckpt") for c in (uninterrupted, resumed))
+    assert final["global_step"] == expected["global_step"] and final["skipped_terms"] == expected["skipped_terms"]
+    assert not any(key.startswith("teacher.") for key in final["state_dict"])
+    for key, value in expected["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(final["optimizer_states"], expected["optimizer_states"], rtol=0, atol=0)

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ptdistill.models.ptv3 import PTv3Segmentor
+from ptdistill.models.ptv3.blocks import MLP
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 NUM_CLASSES = 5
@@ -184,3 +185,13 @@ def test_inconsistent_stage_lists_are_refused():
         PTv3Segmentor(4, 3, enc_channels=(16, 32, 64, 128))
     with pytest.raises(ValueError, match="must equal enc_patch_size"):
         PTv3Segmentor(4, 3, enc_patch_size=(64,) * 5, dec_patch_size=(32,) * 4)
+
+
+def test_mlp_in_row_chunks_without_autograd_gives_the_same_rows(monkeypatch):
+    mlp = MLP(8, 32).eval()
+    monkeypatch.setattr(MLP, "inference_chunk", 7)
+    x = torch.randn(50, 8)
+    whole = mlp(x)  # autograd on: one pass
+    with torch.inference_mode():
+        chunked = mlp(x)
+    torch.testing.assert_close(chunked, whole.detach(), rtol=1e-6, atol=1e-6)

@@ -10,10 +10,11 @@ the student of `ckpt_path`; random weights time the same.
 Each model is measured in its own spawned process, so that peak memories do not mix:
 - latency: mean and median of `runs` eval forwards after `warmup`, the input already on the device;
 - FPS: 1 / mean latency;
-- peak memory: `torch.cuda.max_memory_allocated` on a GPU; on CPU (Linux), the process's peak
-  resident set (VmHWM, reset through /proc/self/clear_refs before the model is built) above its
-  resident set then, so it holds what max_memory_allocated holds (weights, input, activations)
-  and not the interpreter and libraries; the whole process's peak is reported too;
+- peak memory, of one forward in a process of its own: `torch.cuda.max_memory_allocated` on a GPU;
+  on CPU (Linux), the process's peak resident set (VmHWM, reset through /proc/self/clear_refs
+  before the model is built) above its resident set then, so it holds what max_memory_allocated
+  holds (weights, input, live activations) and not the interpreter and libraries, with glibc set
+  to unmap freed tensors at once (`LIVE_MEMORY_ENV`); the whole process's peak is reported too;
 - operators: one profiled forward (`torch.profiler`), self time and self memory per operator;
 - parameters and FLOPs: `flops.count_model` (on CPU, see there how sparse conv and attention count).
 
@@ -23,10 +24,11 @@ Writes `efficiency_<dataset>.md` and `.json` in the run directory and prints the
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -71,32 +73,57 @@ class OpStat:
 @dataclass(frozen=True)
 class Measurement:
     latency_s: list[float]
-    peak_memory_mib: float  # see the module docstring
-    process_peak_mib: float | None  # CPU: the whole process's peak resident set
     profiled_time_ms: float  # self time of every operator of the profiled forward
     profiled_on: str  # "CPU" or "CUDA"
     ops: list[OpStat]
     count: ModelCount
+    peak_memory_mib: float = math.nan  # from `measure_memory`; see the module docstring
+    process_peak_mib: float | None = None  # CPU: the whole process's peak resident set
 
     @property
     def fps(self) -> float:
         return 1.0 / statistics.mean(self.latency_s)
 
 
-def measure(model_config: dict, state_dict: dict | None, batch: dict, device: str, warmup: int, runs: int,
-            threads: int | None) -> Measurement:
-    """Time, memory, profile and FLOPs of one model; meant for a fresh process (`run_isolated`)."""
-    if threads:
-        torch.set_num_threads(threads)
-    resident_before = _reset_peak_rss()
+# glibc keeps freed blocks of up to 32 MiB in its heap for reuse (its mmap threshold grows as large
+# blocks are freed), so the resident set would also hold dead tensors. With the threshold fixed at
+# 128 KiB every tensor is mapped and unmapped on its own, and the peak resident set follows live
+# memory. It slows the forward down (about 1.4x seen here), so latency is timed in another process.
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
+def _model_and_batch(model_config: dict, state_dict: dict | None, batch: dict, device: str) -> tuple:
     model = instantiate(model_config)
     if state_dict is not None:
         model.load_state_dict(state_dict)
-    model = model.to(device).eval()
-    on_gpu = device.startswith("cuda")
     batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-    if on_gpu:
+    return model.to(device).eval(), batch
+
+
+def measure_memory(model_config: dict, state_dict: dict | None, batch: dict, device: str,
+                   threads: int | None) -> dict[str, float | None]:
+    """Peak memory of building the model and one forward; meant for a fresh process with LIVE_MEMORY_ENV."""
+    if threads:
+        torch.set_num_threads(threads)
+    resident_before = _reset_peak_rss()
+    model, batch = _model_and_batch(model_config, state_dict, batch, device)
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        model(batch)
+    if device.startswith("cuda"):
+        return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / MIB, "process_peak_mib": None}
+    process_peak = _proc_status_mib("VmHWM")
+    return {"peak_memory_mib": process_peak - resident_before, "process_peak_mib": process_peak}
+
+
+def measure(model_config: dict, state_dict: dict | None, batch: dict, device: str, warmup: int, runs: int,
+            threads: int | None) -> Measurement:
+    """Time, profile and FLOPs of one model; meant for a fresh process (`run_isolated`)."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, batch = _model_and_batch(model_config, state_dict, batch, device)
+    on_gpu = device.startswith("cuda")
     latency = []
     with torch.inference_mode():
         for run in range(warmup + runs):
@@ -106,11 +133,6 @@ def measure(model_config: dict, state_dict: dict | None, batch: dict, device: st
                 torch.cuda.synchronize(device)
             if run >= warmup:
                 latency.append(time.perf_counter() - start)
-        if on_gpu:
-            peak, process_peak = torch.cuda.max_memory_allocated(device) / MIB, None
-        else:
-            process_peak = _proc_status_mib("VmHWM")
-            peak = process_peak - resident_before
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
         with profile(activities=activities, profile_memory=True) as profiler:
             model(batch)
@@ -120,8 +142,8 @@ def measure(model_config: dict, state_dict: dict | None, batch: dict, device: st
                (e.self_device_memory_usage if on_gpu else e.self_cpu_memory_usage) / MIB)
         for e in events
     ]
-    return Measurement(latency, peak, process_peak, sum(op.self_time_ms for op in ops), "CUDA" if on_gpu else "CPU",
-                       ops, count_model(model, batch))
+    return Measurement(latency, sum(op.self_time_ms for op in ops), "CUDA" if on_gpu else "CPU", ops,
+                       count_model(model, batch))
 
 
 def _proc_status_mib(field: str) -> float:
@@ -138,10 +160,19 @@ def _reset_peak_rss() -> float:
     return _proc_status_mib("VmRSS")
 
 
-def run_isolated(*args) -> Measurement:
-    """`measure(*args)` in a freshly spawned process."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(measure, *args).result()
+def run_isolated(function, *args, env: dict[str, str] | None = None):
+    """`function(*args)` in a freshly spawned process, with `env` added to its environment."""
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            return pool.submit(function, *args).result()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 def report_input(cfg: DictConfig) -> tuple[dict, str]:
@@ -177,8 +208,11 @@ def efficiency_report(cfg: DictConfig) -> dict:
     results = {}
     for name, (model_config, weights) in configs.items():
         log.info("Measuring the %s", name)
-        results[name] = run_isolated(model_config, weights, batch, settings.device, settings.warmup, settings.runs,
-                                     settings.threads)
+        memory = run_isolated(measure_memory, model_config, weights, batch, settings.device, settings.threads,
+                              env=LIVE_MEMORY_ENV)
+        speed = run_isolated(measure, model_config, weights, batch, settings.device, settings.warmup, settings.runs,
+                             settings.threads)
+        results[name] = replace(speed, **memory)
     where = torch.cuda.get_device_name(settings.device) if on_gpu else \
         f"CPU, {settings.threads or torch.get_num_threads()} threads"
     header = (f"Input: {source}, grid {cfg.dataset.grid_size} m; points per level "

@@ -10,6 +10,7 @@ state dict matches its checkpoints; the one-element Sequentials exist for those 
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from ptdistill.models.ptv3.attention import SerializedAttention
@@ -35,6 +36,13 @@ class DropPath(nn.Module):
 
 
 class MLP(nn.Module):
+    """Linear, GELU, Linear on (N, C) rows. Without autograd, rows go through `inference_chunk` at a
+    time: the (N, 4C) hidden layer of a full-resolution stage is the largest tensor of the network
+    (N x 256 floats, twice, in the last decoder stage of teacher and student alike), and chunks
+    bound it without changing any output row."""
+
+    inference_chunk = 8192
+
     def __init__(self, channels: int, hidden_channels: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(channels, hidden_channels)
@@ -43,6 +51,11 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or len(x) <= self.inference_chunk:
+            return self._rows(x)
+        return torch.cat([self._rows(rows) for rows in x.split(self.inference_chunk)])
+
+    def _rows(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 

@@ -47,11 +47,8 @@ def step_seconds(loss: str, overrides: list[str], steps: int, warmup: int) -> li
         cfg.paths.output_dir = str(ROOT / "outputs" / "bench")
     L.seed_everything(cfg.seed)
     timer = StepTimer()
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=warmup + steps, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
-    )
+    trainer = instantiate(cfg.trainer, max_steps=warmup + steps, limit_val_batches=0, logger=False, callbacks=[timer],
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(instantiate(cfg.stage.module), datamodule=instantiate(cfg.dataset.datamodule))
     return timer.seconds[warmup:]
 

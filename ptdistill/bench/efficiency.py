@@ -14,17 +14,18 @@ Each model is measured in its own spawned process, so that peak memories do not 
   on CPU (Linux), the process's peak resident set (VmHWM, reset through /proc/self/clear_refs
   before the model is built) above its resident set then, so it holds what max_memory_allocated
   holds (weights, input, live activations) and not the interpreter and libraries, with glibc set
-  to unmap freed tensors at once (`LIVE_MEMORY_ENV`); the whole process's peak is reported too;
+  to unmap freed tensors at once (`_unmap_freed_tensors`); the whole process's peak is reported too;
 - operators: one profiled forward (`torch.profiler`), self time and self memory per operator;
 - parameters and FLOPs: `flops.count_model` (on CPU, see there how sparse conv and attention count).
 
 Writes `efficiency_<dataset>.md` and `.json` in the run directory and prints the Markdown.
 """
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -85,11 +86,15 @@ class Measurement:
         return 1.0 / statistics.mean(self.latency_s)
 
 
-# glibc keeps freed blocks of up to 32 MiB in its heap for reuse (its mmap threshold grows as large
-# blocks are freed), so the resident set would also hold dead tensors. With the threshold fixed at
-# 128 KiB every tensor is mapped and unmapped on its own, and the peak resident set follows live
-# memory. It slows the forward down (about 1.4x seen here), so latency is timed in another process.
-LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _unmap_freed_tensors() -> None:
+    """glibc keeps freed blocks of up to 32 MiB in its heap for reuse (its mmap threshold grows as
+    large blocks are freed), so the resident set would also hold dead tensors. With the threshold
+    fixed at 128 KiB every tensor is mapped and unmapped on its own, and the peak resident set follows
+    live memory. It slows the forward down (about 1.4x seen here), so latency is timed in another process."""
+    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def _model_and_batch(model_config: dict, state_dict: dict | None, batch: dict, device: str) -> tuple:
@@ -102,16 +107,19 @@ def _model_and_batch(model_config: dict, state_dict: dict | None, batch: dict, d
 
 def measure_memory(model_config: dict, state_dict: dict | None, batch: dict, device: str,
                    threads: int | None) -> dict[str, float | None]:
-    """Peak memory of building the model and one forward; meant for a fresh process with LIVE_MEMORY_ENV."""
+    """Peak memory of building the model and one forward; meant for a fresh process (`run_isolated`)."""
     if threads:
         torch.set_num_threads(threads)
+    on_gpu = device.startswith("cuda")
+    if not on_gpu:
+        _unmap_freed_tensors()
     resident_before = _reset_peak_rss()
     model, batch = _model_and_batch(model_config, state_dict, batch, device)
-    if device.startswith("cuda"):
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
         model(batch)
-    if device.startswith("cuda"):
+    if on_gpu:
         return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / MIB, "process_peak_mib": None}
     process_peak = _proc_status_mib("VmHWM")
     return {"peak_memory_mib": process_peak - resident_before, "process_peak_mib": process_peak}
@@ -160,19 +168,10 @@ def _reset_peak_rss() -> float:
     return _proc_status_mib("VmRSS")
 
 
-def run_isolated(function, *args, env: dict[str, str] | None = None):
-    """`function(*args)` in a freshly spawned process, with `env` added to its environment."""
-    saved = {name: os.environ.get(name) for name in env or {}}
-    os.environ.update(env or {})
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            return pool.submit(function, *args).result()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
+def run_isolated(function, *args):
+    """`function(*args)` in a freshly spawned process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def report_input(cfg: DictConfig) -> tuple[dict, str]:
@@ -208,8 +207,7 @@ def efficiency_report(cfg: DictConfig) -> dict:
     results = {}
     for name, (model_config, weights) in configs.items():
         log.info("Measuring the %s", name)
-        memory = run_isolated(measure_memory, model_config, weights, batch, settings.device, settings.threads,
-                              env=LIVE_MEMORY_ENV)
+        memory = run_isolated(measure_memory, model_config, weights, batch, settings.device, settings.threads)
         speed = run_isolated(measure, model_config, weights, batch, settings.device, settings.warmup, settings.runs,
                              settings.threads)
         results[name] = replace(speed, **memory)

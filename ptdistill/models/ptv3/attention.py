@@ -106,11 +106,10 @@ class SerializedAttention(nn.Module):
         """feat (N, C) at the level of `point` -> (N, C)."""
         layout = self.layout(point)
         order = point.order[self.order_index]
-        qkv = self.qkv(feat)[order[layout.gather]]  # (N_pad, 3C) in padded curve order
-        if self.enable_flash and qkv.is_cuda and flash_attn is not None:
-            out = self._flash_attention(qkv, layout)
-        else:
-            out = self._sdpa(qkv, layout)
+        attend = self._flash_attention if self.enable_flash and feat.is_cuda and flash_attn is not None else self._sdpa
+        # Rows are gathered in padded curve order before the row-wise qkv projection, so the copy is
+        # (N_pad, C), not (N_pad, 3C); and no name holds qkv (N_pad, 3C) once attention has run.
+        out = attend(self.qkv(feat[order[layout.gather]]), layout)  # (N_pad, C)
         out = out[layout.scatter[point.inverse[self.order_index]]]  # (N, C) back in row order
         return self.proj_drop(self.proj(out))
 
@@ -128,7 +127,7 @@ class SerializedAttention(nn.Module):
             q, k, v = chunk.view(-1, length, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
             attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
             out.append(attended.transpose(1, 2).reshape(-1, self.channels))
-        return torch.cat(out)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def _flash_attention(self, qkv: Tensor, layout: PatchLayout) -> Tensor:
         """flash-attn's varlen kernel in half precision, as Pointcept runs it: (N_pad, 3C) -> (N_pad, C)."""

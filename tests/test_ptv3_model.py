@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from ptdistill.models.ptv3 import PTv3Segmentor
 from ptdistill.models.ptv3.blocks import MLP
+from ptdistill.models.ptv3.structure import one_point_per_cell
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 NUM_CLASSES = 5
@@ -72,6 +73,21 @@ def test_taps_map_every_input_point_to_its_cell_at_each_stage():
         assert len(pairs) == len(cell_id.unique()) == len(tap.index.unique()) == len(tap.feat)
     assert torch.equal(out["taps"]["dec0"].index, torch.arange(500))
     assert torch.allclose(model.seg_head(out["taps"]["dec0"].feat), out["logits"])
+
+
+def test_one_point_per_cell_picks_each_shared_cell_once_sample_by_sample():
+    teacher, student = tiny("teacher").train(), tiny("student").train()  # training shuffles the curve orders
+    batch = collate(sample(6, 300), sample(7, 200))
+    with torch.no_grad():
+        taps = (student(batch, taps=("enc3",))["taps"]["enc3"], teacher(batch, taps=("enc3",))["taps"]["enc3"])
+    points, offset = one_point_per_cell(taps, batch["offset"])
+    sample_of = torch.repeat_interleave(torch.arange(2), torch.tensor([300, 200]))
+    cell = torch.stack([sample_of, *(tap.index for tap in taps)], dim=1)  # (N, 3): sample, student row, teacher row
+    assert len(cell[points].unique(dim=0)) == len(points) == len(cell.unique(dim=0))  # every cell, once
+    assert torch.equal(sample_of[points], torch.sort(sample_of[points]).values)  # sample by sample
+    assert offset.tolist() == torch.bincount(sample_of[points]).cumsum(0).tolist()
+    # Same stride in both models: their cells coincide, one row of each tap per cell.
+    assert len(points) == len(taps[0].feat) == len(taps[1].feat)
 
 
 def test_eval_is_deterministic_and_equivariant_to_point_order():

@@ -15,6 +15,7 @@ from torch import nn
 
 from ptdistill.errors import UserError
 from ptdistill.losses.saliency import channel_weights
+from ptdistill.models.ptv3.structure import one_point_per_cell
 from ptdistill.modules.segmentation import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,13 @@ class DistillModule(SegmentationModule):
         loss = seg.new_zeros(())
         for name in self.taps["topo"]:
             s, t = student["taps"][name], teacher["taps"][name]
-            # (N, C_S) and (N, C_T), row-aligned on the input points
-            student_feat, teacher_feat = s.feat[s.index], t.feat[t.index].detach()
-            loss = loss + self.terms["topo"](student_feat, teacher_feat, batch["offset"])
+            # The clouds hold each cell of a pooled level once, not once per input point in it.
+            points, offset = one_point_per_cell((s, t), batch["offset"])  # (N_cells,), (B,)
+            # (N_cells, C_S) and (N_cells, C_T), row-aligned
+            student_feat, teacher_feat = s.feat[s.index[points]], t.feat[t.index[points]].detach()
+            loss = loss + self.terms["topo"](student_feat, teacher_feat, offset)
         # The last tap's features, kept (detached) for `persistence_diagrams`.
-        self._last_topo_input = (student_feat.detach(), teacher_feat, batch["offset"])
+        self._last_topo_input = (student_feat.detach(), teacher_feat, offset)
         return loss
 
     def persistence_diagrams(self) -> tuple[list, list, tuple] | None:

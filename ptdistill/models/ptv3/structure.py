@@ -31,6 +31,23 @@ class Tap:
         return self.feat[self.index]
 
 
+def one_point_per_cell(taps: Sequence[Tap], offset: Tensor) -> tuple[Tensor, Tensor]:
+    """One input point for each cell that the taps' levels share, and the (B,) offset of those points.
+
+    The input points of one cell (same row in every tap) carry identical tapped features, so they are
+    one point of a feature cloud. `offset` (B,) ends each sample's input rows; the chosen points come
+    sample by sample, so the returned offset ends each sample's cells. Returns (points (N_cells,), offset).
+    """
+    sample = torch.repeat_interleave(torch.arange(len(offset), device=offset.device),
+                                     offset.diff(prepend=offset.new_zeros(1)))  # (N,)
+    key = sample.long()
+    for tap in taps:
+        key = key * len(tap.feat) + tap.index  # (N,) the cell of every input point, sample first
+    _, cell = torch.unique(key, sorted=True, return_inverse=True)
+    points = cell.new_empty(int(cell.max()) + 1).scatter_(0, cell, torch.arange(len(cell), device=cell.device))
+    return points, torch.bincount(sample[points], minlength=len(offset)).cumsum(0)
+
+
 @dataclass(frozen=True)
 class PointBatch:
     """One level of a batch of B point clouds, concatenated (N points in all)."""

@@ -1,13 +1,15 @@
 """Training-step time of stage 2 for each row of Table 7, and its ratio to `loss=kld`.
 
-    python -m ptdistill.bench.distill_step [--steps 20] [--warmup 3] [--threads 2] [OVERRIDE ...]
+    python -m ptdistill.bench.distill_step [--steps 20] [--warmup 3] [--repeats 3] [--threads 2] [OVERRIDE ...]
 
 The config is `python train.py experiment=demo loss=<row>` (the demo's tiny models, scans and
 batch), so the issue's target, `topo+grad` at most 1.5x `kld` per step on this CPU, is read off
 the last column. Extra Hydra overrides (e.g. `model=ptv3`) change every row alike. A step is one
 optimizer step as Lightning runs it: the teacher and student forwards, every loss term, the
 backward and AdamW, timed from `on_train_batch_start` to `on_train_batch_end`; data loading is
-outside it. The teacher has random weights: the step costs the same with trained ones.
+outside it, but its worker process shares the CPU, as in `make train`. The rows run in turn,
+`repeats` times, and each row's steps are pooled, so a slow spell of the machine is shared among
+the rows. The teacher has random weights: the step costs the same with trained ones.
 """
 
 import argparse
@@ -57,15 +59,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    times = {loss: step_seconds(loss, args.overrides, args.steps, args.warmup) for loss in args.rows}
+    times = {loss: [] for loss in args.rows}
+    for _ in range(args.repeats):
+        for loss in args.rows:
+            times[loss] += step_seconds(loss, args.overrides, args.steps, args.warmup)
     base = statistics.median(times["kld"]) if "kld" in times else None
-    print(f"\nStage-2 step time, experiment=demo {' '.join(args.overrides)} ({args.steps} steps, {args.threads} threads)\n")
+    print(f"\nStage-2 step time, experiment=demo {' '.join(args.overrides)} ({args.repeats} x {args.steps} steps, "
+          f"{args.threads} threads)\n")
     print("| loss | mean (s) | median (s) | median / kld |")
     print("|---|---|---|---|")
     for loss, seconds in times.items():

@@ -68,9 +68,10 @@ def test_block_flops_by_hand(side, channels, heads, patch_size):
     n, c = side**3, channels
     pairs = (3 * side - 2) ** 3  # (site, k3 offset) pairs inside the cube: (Σ_d (side - |d|))³, centre included
     conv = 2 * c * c * pairs
-    linear = 2 * n * c * c * (1 + 3 + 1 + 4 + 4)  # CPE linear, qkv, proj, MLP fc1 and fc2
     # Patches of K points, the last one padded to K (a sample shorter than K is one patch of n).
     patches, length = (math.ceil(n / patch_size), patch_size) if n >= patch_size else (1, n)
+    # CPE linear, proj, MLP fc1 and fc2 on the n rows; qkv on the padded rows it is gathered into.
+    linear = 2 * n * c * c * (1 + 1 + 4 + 4) + 2 * patches * length * c * 3 * c
     attention = 4 * patches * length * length * c  # QKᵀ and AV
     counts = counter.get_flop_counts()["Global"]
     assert counts[CPU_SDPA] == attention

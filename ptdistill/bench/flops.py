@@ -4,7 +4,8 @@ Encoder: `backbone.embedding` and `backbone.enc`; decoder: `backbone.dec` and `s
 
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (one FLOP = one multiply or one add,
 so a multiply-accumulate is 2), on the plain-PyTorch path of the model, on CPU:
-- Linear layers: counted by torch (mm/addmm, 2·M·N·K; biases not counted).
+- Linear layers: counted by torch (mm/addmm, 2·M·N·K; biases not counted). Attention's qkv
+  projection runs on the padded patch rows (up to K - 1 repeated rows per sample), as it does.
 - Submanifold sparse convolutions: their plain-PyTorch path is one matmul per kernel offset over
   the gathered neighbour pairs, so torch counts 2·C_in·C_out per (site, offset) pair, the
   arithmetic spconv does. spconv's CUDA kernels are invisible to the counter, which is one

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from ptdistill.models.ptv3.structure import sample_index
+
 
 def channel_weights(seg_loss: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
     """Eq. 4: ω_k = mean_i |∂L_seg/∂F_ik|, detached. feat (N_l, C) must lie on the path to `seg_loss`."""
@@ -16,10 +18,9 @@ def saliency_map(feat: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor
     feat (N, C), weights (C,), offset (B,) -> (N,) in [0, 1).
     """
     saliency = (feat * weights).abs().sum(dim=1)  # (N,)
-    counts = torch.diff(offset, prepend=offset.new_zeros(1))  # (B,)
-    sample = torch.repeat_interleave(torch.arange(len(counts), device=feat.device), counts)  # (N,)
-    low = saliency.new_full((len(counts),), float("inf"))
-    high = saliency.new_full((len(counts),), float("-inf"))
+    sample = sample_index(offset)  # (N,)
+    low = saliency.new_full((len(offset),), float("inf"))
+    high = saliency.new_full((len(offset),), float("-inf"))
     low = low.scatter_reduce(0, sample, saliency, reduce="amin")  # (B,)
     high = high.scatter_reduce(0, sample, saliency, reduce="amax")  # (B,)
     return (saliency - low[sample]) / (high[sample] - low[sample] + eps)

@@ -31,6 +31,12 @@ class Tap:
         return self.feat[self.index]
 
 
+def sample_index(offset: Tensor) -> Tensor:
+    """(N,) the sample of every row of a batch whose B samples end at rows `offset` (B,)."""
+    counts = offset.diff(prepend=offset.new_zeros(1))  # (B,)
+    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts)
+
+
 def one_point_per_cell(taps: Sequence[Tap], offset: Tensor) -> tuple[Tensor, Tensor]:
     """One input point for each cell that the taps' levels share, and the (B,) offset of those points.
 
@@ -38,8 +44,7 @@ def one_point_per_cell(taps: Sequence[Tap], offset: Tensor) -> tuple[Tensor, Ten
     one point of a feature cloud. `offset` (B,) ends each sample's input rows; the chosen points come
     sample by sample, so the returned offset ends each sample's cells. Returns (points (N_cells,), offset).
     """
-    sample = torch.repeat_interleave(torch.arange(len(offset), device=offset.device),
-                                     offset.diff(prepend=offset.new_zeros(1)))  # (N,)
+    sample = sample_index(offset)  # (N,)
     key = sample.long()
     for tap in taps:
         key = key * len(tap.feat) + tap.index  # (N,) the cell of every input point, sample first
@@ -73,9 +78,7 @@ class PointBatch:
         """Validate a collated batch (see the package docstring) and serialize it along `orders`."""
         coord, grid_coord, feat, offset = _validated(batch, in_channels)
         num_points = len(feat)
-        sample = torch.repeat_interleave(
-            torch.arange(len(offset), device=offset.device), offset.diff(prepend=offset.new_zeros(1))
-        )
+        sample = sample_index(offset)
         depth = int(grid_coord.max() + 1).bit_length()  # Pointcept's adaptive serialization depth
         if depth > MAX_DEPTH:
             raise ValueError(

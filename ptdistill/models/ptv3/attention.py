@@ -33,6 +33,7 @@ class PatchLayout:
 
     gather: Tensor  # (N_pad,) curve position copied into each padded slot
     scatter: Tensor  # (N,) padded slot holding each curve position
+    patch_size: int  # K
     full_patches: int  # number of K-point patches at the start
     short_lengths: tuple[int, ...]  # lengths of the short patches that follow
     cu_seqlens: Tensor  # (patches + 1,) int32 patch boundaries, for flash-attn
@@ -62,14 +63,37 @@ class PatchLayout:
         return cls(
             gather=torch.cat(gather_full + gather_short),
             scatter=torch.cat(scatter),
+            patch_size=patch_size,
             full_patches=full_slots // patch_size,
             short_lengths=short_lengths,
             cu_seqlens=torch.tensor(bounds, dtype=torch.int32, device=device),
         )
 
+    def runs(self, max_rows: int | None = None) -> list[tuple[int, int, int]]:
+        """(start, stop, patch length): consecutive padded slots holding whole patches of one length.
+
+        The full patches form one run, or runs of at most `max_rows` slots (one patch at least);
+        each short patch is a run of its own.
+        """
+        k = self.patch_size
+        per_run = max(1, self.full_patches if max_rows is None else max_rows // k)  # patches
+        runs = [(first * k, min(first + per_run, self.full_patches) * k, k)
+                for first in range(0, self.full_patches, per_run)]
+        start = self.full_patches * k
+        for n in self.short_lengths:
+            runs.append((start, start + n, n))
+            start += n
+        return runs
+
 
 class SerializedAttention(nn.Module):
-    """Attention in patches of one serialization order; Pointcept's parameter names (qkv, proj)."""
+    """Attention in patches of one serialization order; Pointcept's parameter names (qkv, proj).
+
+    Without autograd, patches go through qkv and SDPA `inference_chunk` padded rows at a time, like
+    the MLP's rows: the (N_pad, 3C) qkv of a full-resolution stage is then never whole.
+    """
+
+    inference_chunk = 8192
 
     def __init__(
         self,
@@ -105,29 +129,25 @@ class SerializedAttention(nn.Module):
     def forward(self, feat: Tensor, point: PointBatch) -> Tensor:
         """feat (N, C) at the level of `point` -> (N, C)."""
         layout = self.layout(point)
-        order = point.order[self.order_index]
-        attend = self._flash_attention if self.enable_flash and feat.is_cuda and flash_attn is not None else self._sdpa
         # Rows are gathered in padded curve order before the row-wise qkv projection, so the copy is
-        # (N_pad, C), not (N_pad, 3C); and no name holds qkv (N_pad, 3C) once attention has run.
-        out = attend(self.qkv(feat[order[layout.gather]]), layout)  # (N_pad, C)
+        # (N_pad, C), not (N_pad, 3C).
+        rows = point.order[self.order_index][layout.gather]  # (N_pad,) row of feat in each padded slot
+        if self.enable_flash and feat.is_cuda and flash_attn is not None:
+            out = self._flash_attention(self.qkv(feat[rows]), layout)
+        else:
+            runs = layout.runs(None if torch.is_grad_enabled() else self.inference_chunk)
+            out = [self._sdpa(self.qkv(feat[rows[start:stop]]), length) for start, stop, length in runs]
+            out = out[0] if len(out) == 1 else torch.cat(out)  # (N_pad, C)
         out = out[layout.scatter[point.inverse[self.order_index]]]  # (N, C) back in row order
         return self.proj_drop(self.proj(out))
 
-    def _sdpa(self, qkv: Tensor, layout: PatchLayout) -> Tensor:
-        """qkv (N_pad, 3C) -> (N_pad, C), one SDPA call per patch length."""
-        full_length = layout.full_patches * self.patch_size
-        lengths = ([self.patch_size] if layout.full_patches else []) + list(layout.short_lengths)
-        chunks = [qkv[:full_length]] if layout.full_patches else []
-        chunks += qkv[full_length:].split(layout.short_lengths)
-        head_dim = self.channels // self.num_heads
+    def _sdpa(self, qkv: Tensor, length: int) -> Tensor:
+        """qkv (P·L, 3C) of P patches of L points each -> (P·L, C)."""
+        # (P·L, 3C) -> 3 x (P, H, L, d)
+        q, k, v = qkv.view(-1, length, 3, self.num_heads, self.channels // self.num_heads).permute(2, 0, 3, 1, 4)
         dropout = self.attn_drop if self.training else 0.0
-        out = []
-        for chunk, length in zip(chunks, lengths):
-            # (P·K, 3C) -> 3 x (P, H, K, d)
-            q, k, v = chunk.view(-1, length, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-            attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
-            out.append(attended.transpose(1, 2).reshape(-1, self.channels))
-        return out[0] if len(out) == 1 else torch.cat(out)
+        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+        return attended.transpose(1, 2).reshape(-1, self.channels)
 
     def _flash_attention(self, qkv: Tensor, layout: PatchLayout) -> Tensor:
         """flash-attn's varlen kernel in half precision, as Pointcept runs it: (N_pad, 3C) -> (N_pad, C)."""

@@ -36,6 +36,24 @@ def test_patch_layout_pads_like_pointcept(counts, patch_size):
         assert len(set(sample[patch].tolist())) == 1 and len(set(patch.tolist())) == len(patch)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=5), st.integers(1, 16),
+       st.one_of(st.none(), st.integers(1, 80)))
+def test_patch_runs_cover_the_padded_sequence_in_whole_patches(counts, patch_size, max_rows):
+    layout = PatchLayout.build(counts, patch_size, torch.device("cpu"))
+    runs = layout.runs(max_rows)
+    bounds = set(layout.cu_seqlens.tolist())  # patch boundaries
+    assert runs[0][0] == 0 and runs[-1][1] == len(layout.gather)
+    assert all(stop == next_start for (_, stop, _), (next_start, _, _) in zip(runs, runs[1:]))
+    for start, stop, length in runs:
+        assert start in bounds and stop in bounds and (stop - start) % length == 0
+        if length == patch_size:  # full patches: one run, or runs of at most max_rows slots
+            assert max_rows is None and stop - start == layout.full_patches * patch_size or \
+                max_rows is not None and stop - start <= max(max_rows, patch_size)
+        else:  # a short patch: a run of its own
+            assert stop - start == length < patch_size
+
+
 def naive_attention(attn: SerializedAttention, feat: torch.Tensor, order: torch.Tensor, patches: list) -> torch.Tensor:
     """softmax(q k^T * scale) v per head, each point attending to the points of its patch only.
 
@@ -70,6 +88,20 @@ def test_attention_equals_softmax_attention_within_each_patch(seed, counts, patc
     patches = layout.gather.split(layout.cu_seqlens.diff().tolist())
     expected = naive_attention(attn, point.feat, point.order[order_index], patches)
     assert torch.allclose(attn(point.feat, point), expected, atol=1e-10)
+
+
+def test_attention_without_autograd_runs_patches_in_chunks_with_the_same_output(monkeypatch):
+    torch.manual_seed(0)
+    counts = [37, 5, 21]
+    grid = torch.cat([torch.randperm(512)[:n, None] // torch.tensor([64, 8, 1]) % 8 for n in counts])
+    point = point_batch(grid, counts, channels=8)
+    attn = SerializedAttention(8, num_heads=2, patch_size=4).double()
+    with torch.no_grad():
+        whole = attn(point.feat, point)
+        monkeypatch.setattr(SerializedAttention, "inference_chunk", 8)  # two patches a run
+        assert len(attn.layout(point).runs(8)) > len(attn.layout(point).runs()) + 1
+        chunked = attn(point.feat, point)
+    assert torch.equal(chunked, whole)
 
 
 def test_layout_is_cached_per_level_and_patch_size():

@@ -45,7 +45,7 @@ def one_point_per_cell(taps: Sequence[Tap], offset: Tensor) -> tuple[Tensor, Ten
     sample by sample, so the returned offset ends each sample's cells. Returns (points (N_cells,), offset).
     """
     sample = sample_index(offset)  # (N,)
-    key = sample.long()
+    key = sample
     for tap in taps:
         key = key * len(tap.feat) + tap.index  # (N,) the cell of every input point, sample first
     _, cell = torch.unique(key, sorted=True, return_inverse=True)

@@ -17,6 +17,21 @@ from ptdistill.models.ptv3.sparse_conv import VoxelSet
 from ptdistill.models.ptv3.structure import PointBatch
 
 
+def cell_max(feat: torch.Tensor, cluster: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """Channel-wise maximum of the rows of each cell: feat (N, C), cluster (N,) in [0, num_cells) -> (num_cells, C).
+
+    Every cell must hold a row. The buffer starts at -inf, not `new_empty`: torch's `amax` backward
+    counts an entry of the buffer equal to the maximum as a tie even with include_self=False, and
+    reused memory may hold exactly that maximum, which would halve the gradient.
+    Tie rule: rows that share a cell's maximum share its gradient evenly (torch's rule). Pointcept's
+    torch_scatter gives it all to one of them; the forward, all that checkpoints need, is the same.
+    """
+    index = cluster[:, None].expand_as(feat)  # (N, C)
+    return feat.new_full((num_cells, feat.shape[1]), float("-inf")).scatter_reduce(
+        0, index, feat, "amax", include_self=False
+    )
+
+
 def point_batch_norm(channels: int) -> nn.BatchNorm1d:
     """PT-v3m1's BatchNorm over the points of a batch."""
     return nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
@@ -41,10 +56,7 @@ class SerializedPooling(nn.Module):
         rows = torch.arange(len(cluster), device=cluster.device)
         head = torch.empty_like(counts).scatter_(0, cluster, rows)  # one row per cell; they share code and voxel
 
-        feat = self.proj(point.feat)  # (N, C_out)
-        pooled = feat.new_empty(num_cells, feat.shape[1]).scatter_reduce(
-            0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False
-        )
+        pooled = cell_max(self.proj(point.feat), cluster, num_cells)  # (num_cells, C_out)
         coord = point.coord.new_zeros(num_cells, 3).index_add(0, cluster, point.coord) / counts[:, None]
         grid_coord = point.grid_coord[head] >> levels
         batch = point.batch[head]

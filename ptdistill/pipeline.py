@@ -54,6 +54,7 @@ def fit(cfg: DictConfig) -> dict:
         log.warning("%d bad samples were skipped (skip_bad is on); see the warnings above", result["skipped_samples"])
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=result["checkpoint"])
+        result["test/mIoU"] = float(trainer.callback_metrics["test/mIoU"])
     if cfg.stage.name == "teacher" and trainer.is_global_zero:
         _register_teacher(cfg, result)
     return result
@@ -100,9 +101,11 @@ def resolve_teacher(cfg: DictConfig) -> tuple[str, float | None]:
 
 
 def train(cfg: DictConfig) -> float:
-    """Run the configured stage; return the metric that sweeps optimise."""
+    """Run the configured stage; return the metric that sweeps optimise. Writes the run's metrics.json."""
     if cfg.stage.name != "distill":
-        return fit(cfg)["val/mIoU"]
+        result = fit(cfg)
+        _write_metrics(cfg, cfg.stage.name, result, rows=None)
+        return result["val/mIoU"]
     teacher_checkpoint, teacher_miou = resolve_teacher(cfg)
     rows = {"teacher": teacher_miou}
     if cfg.stage.baseline:
@@ -113,10 +116,19 @@ def train(cfg: DictConfig) -> float:
     rows[f"student (KD, loss={cfg.loss.name})"] = student["val/mIoU"]
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(comparison_table(rows))
-        summary = {"dataset": cfg.dataset.name, "loss": cfg.loss.name, "seed": cfg.seed, "val/mIoU": student["val/mIoU"]}
-        summary |= {"skipped_samples": student["skipped_samples"], "rows": rows}
-        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(summary))
+    _write_metrics(cfg, cfg.loss.name, student, rows)
     return student["val/mIoU"]
+
+
+def _write_metrics(cfg: DictConfig, row: str, result: dict, rows: dict | None) -> None:
+    """<output_dir>/metrics.json, what `ptdistill.report` collects: `loss` names the Table 7 row, or the
+    stage (`student`: the no-KD baseline; `teacher`) of a stage-1 run."""
+    if int(os.environ.get("LOCAL_RANK", 0)) != 0:
+        return
+    summary = {"dataset": cfg.dataset.name, "loss": row, "seed": cfg.seed, "stage": cfg.stage.name}
+    summary |= {key: value for key, value in result.items() if key != "checkpoint"}
+    summary |= {"checkpoint": result["checkpoint"], "rows": rows}
+    (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(summary))
 
 
 def comparison_table(rows: dict[str, float | None]) -> str:

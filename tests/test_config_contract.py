@@ -34,4 +34,4 @@ def test_every_table7_row_builds_under_every_experiment(tiny_config, experiment)
         module = instantiate(cfg.stage.module)
         assert set(module.terms) == terms, (experiment, loss)
         if "topo" in terms:
-            assert module.terms["topo"].num_samples == cfg.topo_samples
+            assert module.terms["topo"].loss.num_samples == cfg.topo_samples

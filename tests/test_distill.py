@@ -35,8 +35,8 @@ def test_topo_grad_option_enables_exactly_both_terms_with_their_lambdas(tiny_con
         assert set(cfg.loss.terms) == terms and cfg.loss.name == name
         module = instantiate(cfg.stage.module)
         assert set(module.terms) == terms
-        assert module.weights["kd"] == 0.7
-        assert all(module.weights[t] == cfg.loss.terms[t].weight for t in terms)
+        assert module.terms["kd"].weight == 0.7
+        assert all(module.terms[t].weight == cfg.loss.terms[t].weight for t in terms)
 
 
 def test_teacher_is_frozen_and_unchanged_by_training_steps(distill_setup):
@@ -62,11 +62,8 @@ def test_each_term_sends_gradient_only_to_the_student(distill_setup, term):
     cfg, batch = distill_setup
     module = _module(cfg).train()
     module.teacher.requires_grad_(True)  # so that a leak into the teacher would show up as a gradient
-    taps = sorted({t for names in module.taps.values() for t in names})
-    student = module.model(batch, taps=taps)
-    seg = module.criterion(student["logits"], batch["segment"])
-    teacher = module.teacher(batch, taps=taps, tap_grad=True)
-    value = getattr(module, f"_{term}_loss")(batch, student, teacher, seg)
+    step = module.distill_step(batch)
+    value = module.terms[term](step)
     assert torch.isfinite(value) and value.item() > 0
     module.zero_grad()
     value.backward()
@@ -77,7 +74,7 @@ def test_each_term_sends_gradient_only_to_the_student(distill_setup, term):
 def test_non_finite_term_is_skipped_counted_and_never_applied(distill_setup, monkeypatch):
     cfg, batch = distill_setup
     module = _module(cfg).train()
-    monkeypatch.setattr(module, "_topo_loss", lambda *args: torch.tensor(math.nan))
+    monkeypatch.setattr(module.terms["topo"], "forward", lambda step: torch.tensor(math.nan))
     monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
     loss = module.training_step(batch, 0)
     assert torch.isfinite(loss)
@@ -114,3 +111,43 @@ def test_resumed_distillation_reaches_the_uninterrupted_state(tiny_config):
     for key, value in expected["state_dict"].items():
         torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=key)
     torch.testing.assert_close(final["optimizer_states"], expected["optimizer_states"], rtol=0, atol=0)
+
+
+def test_an_empty_tap_list_is_a_one_line_config_error(tiny_config):
+    from ptdistill.errors import UserError, find_user_error
+
+    cfg = tiny_config("loss=topo", "loss.terms.topo.taps=[]")
+    with pytest.raises(Exception) as caught:
+        instantiate(cfg.stage.module)
+    error = find_user_error(caught.value)
+    assert isinstance(error, UserError) and str(error).startswith("loss.terms.topo: taps is empty")
+
+
+def test_non_finite_seg_loss_skips_the_step_before_any_term_runs(distill_setup, monkeypatch):
+    cfg, batch = distill_setup
+    module = _module(cfg).train()
+    monkeypatch.setattr(module, "criterion", lambda logits, target: logits.sum() * math.nan)
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    for term in module.terms.values():
+        monkeypatch.setattr(term, "forward", lambda step: pytest.fail("a term ran after a non-finite L_seg"))
+    assert module.training_step(batch, 0) is None
+    assert module.skipped["seg"] == 1
+
+
+def test_gradient_norms_of_every_term_are_logged_beside_seg(distill_setup, monkeypatch):
+    cfg, batch = distill_setup
+    module = _module(cfg).train()
+    module.grad_norm_every_n_steps = 1
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.__setitem__(name, float(value)))
+    torch.manual_seed(5)  # the same drop-path and serialization shuffles in both forwards
+    module.training_step(batch, 0)
+    norms = {name.split("/")[-1]: v for name, v in logged.items() if name.startswith("train/grad_norm/")}
+    assert set(norms) == {"seg", "kd", "topo", "grad"}
+    assert all(math.isfinite(v) and v > 0 for v in norms.values())
+    # The seg norm by hand: the gradient of L_seg alone at the student's parameters.
+    module.zero_grad()
+    torch.manual_seed(5)
+    module.distill_step(batch).seg_loss.backward()
+    expected = torch.stack([p.grad.norm() for p in module.model.parameters() if p.grad is not None]).norm()
+    assert norms["seg"] == pytest.approx(float(expected), rel=1e-5)

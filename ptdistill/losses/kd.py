@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptdistill.losses.term import DistillationTerm, DistillStep
+
 
 class KLDivergenceLoss(nn.Module):
     """T² · KL(softmax(z_T / T) ‖ softmax(z_S / T)), averaged over the points that are not ignored.
@@ -28,3 +30,14 @@ class KLDivergenceLoss(nn.Module):
         log_p_teacher = F.log_softmax(teacher_logits[keep].detach() / t, dim=1)  # (N', K)
         kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
         return kl * t * t
+
+
+class LogitDistillation(DistillationTerm):
+    """λ_kd·L_kd of Eq. 8 on the final logits of every point."""
+
+    def __init__(self, weight: float, loss: KLDivergenceLoss):
+        super().__init__(weight)
+        self.loss = loss
+
+    def forward(self, step: DistillStep) -> torch.Tensor:
+        return self.loss(step.student["logits"], step.teacher["logits"], step.batch["segment"])

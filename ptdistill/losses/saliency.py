@@ -1,9 +1,13 @@
 """L_grad (Sec. 3.3, Eq. 4-7): gradient-guided saliency alignment between teacher and student."""
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ptdistill.models.ptv3.structure import sample_index
+from ptdistill.losses.term import DistillationTerm, DistillStep
+from ptdistill.models.ptv3.structure import one_point_per_cell, sample_index
 
 
 def channel_weights(seg_loss: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
@@ -12,12 +16,15 @@ def channel_weights(seg_loss: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
     return grad.abs().mean(dim=0).detach()  # (C,)
 
 
-def saliency_map(feat: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor, eps: float) -> torch.Tensor:
-    """Eq. 5-6: M_i = Σ_k |ω_k F_ik|, min-max normalised within each sample.
+def saliency_map(
+    feat: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor, eps: float, signed: bool = False
+) -> torch.Tensor:
+    """Eq. 5-6: M_i = Σ_k |ω_k F_ik| (or the signed Σ_k ω_k F_ik), min-max normalised within each sample.
 
     feat (N, C), weights (C,), offset (B,) -> (N,) in [0, 1).
     """
-    saliency = (feat * weights).abs().sum(dim=1)  # (N,)
+    weighted = feat * weights  # (N, C)
+    saliency = weighted.sum(dim=1) if signed else weighted.abs().sum(dim=1)  # (N,)
     sample = sample_index(offset)  # (N,)
     low = saliency.new_full((len(offset),), float("inf"))
     high = saliency.new_full((len(offset),), float("-inf"))
@@ -27,15 +34,21 @@ def saliency_map(feat: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor
 
 
 class SaliencyLoss(nn.Module):
-    """Eq. 7 for one tapped layer: mean over points of |M̂_T - M̂_S|.
+    """Eq. 7 for one tapped layer: the mean over rows of the distance between M̂_T and M̂_S.
 
-    The channel weights of both models come from `channel_weights` and are detached, so the loss
-    reaches the student only through its features F_S.
+    distance: "l1", |M̂_T - M̂_S| as in the paper, or "smooth_l1" (Huber with `beta`), as in the authors'
+    code; signed: the authors' Σ_k ω_k F_k instead of the paper's Σ_k |ω_k F_k|. The channel weights of
+    both models come from `channel_weights` and are detached, so the loss reaches the student only
+    through its features F_S.
     """
 
-    def __init__(self, eps: float = 1e-8):
+    def __init__(
+        self, eps: float = 1e-8, distance: Literal["l1", "smooth_l1"] = "l1", beta: float = 1.0, signed: bool = False
+    ):
         super().__init__()
-        self.eps = eps
+        if distance not in ("l1", "smooth_l1"):
+            raise ValueError(f"SaliencyLoss: distance must be l1 or smooth_l1, got {distance!r}")
+        self.eps, self.distance, self.beta, self.signed = eps, distance, beta, signed
 
     def forward(
         self,
@@ -45,6 +58,44 @@ class SaliencyLoss(nn.Module):
         teacher_weights: torch.Tensor,  # (C_T,)
         offset: torch.Tensor,  # (B,)
     ) -> torch.Tensor:
-        student_map = saliency_map(student_feat, student_weights.detach(), offset, self.eps)
-        teacher_map = saliency_map(teacher_feat.detach(), teacher_weights.detach(), offset, self.eps)
+        student_map = saliency_map(student_feat, student_weights.detach(), offset, self.eps, self.signed)
+        teacher_map = saliency_map(teacher_feat.detach(), teacher_weights.detach(), offset, self.eps, self.signed)
+        if self.distance == "smooth_l1":
+            return F.smooth_l1_loss(student_map, teacher_map, beta=self.beta)
         return (teacher_map - student_map).abs().mean()
+
+
+class SaliencyDistillation(DistillationTerm):
+    """λ_grad·L_grad of Eq. 8, summed over the tapped layers.
+
+    resolution: "points" compares the maps at every input point (the tapped features mapped back through
+    the pooling inverse); "cells" compares each cell of the tapped level once, as the authors' code does
+    at the bottleneck.
+    """
+
+    feature_term = True
+    needs_teacher_grad = True
+
+    def __init__(
+        self, weight: float, taps: list[str], loss: SaliencyLoss, resolution: Literal["points", "cells"] = "points"
+    ):
+        super().__init__(weight, taps)
+        if resolution not in ("points", "cells"):
+            raise ValueError(f"resolution must be points or cells, got {resolution!r}")
+        self.loss, self.resolution = loss, resolution
+
+    def forward(self, step: DistillStep) -> torch.Tensor:
+        teacher_seg = step.criterion(step.teacher["logits"], step.batch["segment"])
+        loss = step.seg_loss.new_zeros(())
+        for name in self.taps:
+            s, t = step.student["taps"][name], step.teacher["taps"][name]
+            student_weights = channel_weights(step.seg_loss, s.feat)  # (C_S,) Eq. 4
+            teacher_weights = channel_weights(teacher_seg, t.feat)  # (C_T,)
+            if self.resolution == "cells":
+                points, offset = one_point_per_cell((s, t), step.batch["offset"])  # (N_cells,), (B,)
+            else:
+                points, offset = torch.arange(len(s.index), device=s.index.device), step.batch["offset"]
+            loss = loss + self.loss(
+                s.feat[s.index[points]], student_weights, t.feat[t.index[points]].detach(), teacher_weights, offset
+            )
+        return loss

@@ -8,17 +8,21 @@ Alg. 1 normalises before TPS; TPS ignores translation and scale, so sampling fir
 points and only the scale statistic differs (the subsample's, at O(M) rather than O(N) cost).
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ptdistill.topology.chamfer import pwcd
+from ptdistill.losses.term import DistillationTerm, DistillStep
+from ptdistill.models.ptv3.structure import one_point_per_cell
+from ptdistill.topology.chamfer import chamfer, pwcd
 from ptdistill.topology.persistence import rips_diagrams_batch
 from ptdistill.topology.sampling import tps
 
 Normalization = Literal["mean_pairwise", "rms_pairwise"]
+DIAGRAM_DISTANCES = ("pwcd", "chamfer")
 
 
 def normalize(feat: torch.Tensor, how: Normalization) -> torch.Tensor:
@@ -42,7 +46,9 @@ class TopologyLoss(nn.Module):
     num_samples: M, the TPS subsample per sample (all points if fewer); dims: homology dimensions;
     backend: "gudhi" or "giotto"; workers: threads running the clouds' persistence; eps: PWCD's weight
     normaliser stabiliser; eps_dist: the edge-gradient stabiliser; tie_tol: tau_tie of Alg. 3;
-    normalization: "rms_pairwise" (O(MC)) or "mean_pairwise" (O(M^2 C)) scale; seed: TPS start points.
+    normalization: "rms_pairwise" (O(MC)) or "mean_pairwise" (O(M^2 C)) scale; seed: TPS start points;
+    distance: "pwcd", the paper's persistence-weighted Chamfer distance (Eq. 2-3), or "chamfer", the
+    authors' code's plain Chamfer distance between the (birth, death) points.
     """
 
     def __init__(
@@ -56,8 +62,11 @@ class TopologyLoss(nn.Module):
         tie_tol: float = 0.0,
         normalization: Normalization = "rms_pairwise",
         seed: int = 0,
+        distance: Literal["pwcd", "chamfer"] = "pwcd",
     ):
         super().__init__()
+        if distance not in DIAGRAM_DISTANCES:
+            raise ValueError(f"TopologyLoss: distance must be one of {sorted(DIAGRAM_DISTANCES)}, got {distance!r}")
         if num_samples < 1:
             raise ValueError(f"TopologyLoss: num_samples must be >= 1, got {num_samples}")
         if normalization not in ("mean_pairwise", "rms_pairwise"):
@@ -71,6 +80,7 @@ class TopologyLoss(nn.Module):
         self.tie_tol = tie_tol
         self.normalization = normalization
         self.seed = seed
+        self.distance = distance
 
     def _clouds(self, student_feat, teacher_feat, offset):
         """Normalised TPS subsamples per sample: lists of student (M_b, C_S) and teacher (M_b, C_T) clouds."""
@@ -108,10 +118,11 @@ class TopologyLoss(nn.Module):
         return list(zip(dgms[: len(teachers)], dgms[len(teachers) :]))
 
     def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """Scalar L_topo: the mean over the offset's samples of the PWCD summed over dims."""
+        """Scalar L_topo: the mean over the offset's samples of the diagram distance summed over dims."""
         students, teachers = self._clouds(student_feat, teacher_feat, offset)
+        distance = functools.partial(pwcd, eps=self.eps) if self.distance == "pwcd" else chamfer
         per_sample = [
-            sum(pwcd(t, s, self.eps) for t, s in zip(teacher, student))
+            sum(distance(t, s) for t, s in zip(teacher, student))
             for teacher, student in self._diagrams(students, teachers)
         ]
         return torch.stack(per_sample).mean()
@@ -122,3 +133,36 @@ class TopologyLoss(nn.Module):
     ) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
         """The diagrams the loss compares, for plotting: per sample, (teacher, student) lists over dims of (K_d, 2)."""
         return self._diagrams(*self._clouds(student_feat, teacher_feat, offset))
+
+
+class TopologyDistillation(DistillationTerm):
+    """λ_topo·L_topo of Eq. 8, summed over the tapped layers.
+
+    The feature clouds hold each cell of a tapped level once, not once per input point in it; teacher
+    and student rows are the same cells.
+    """
+
+    feature_term = True
+
+    def __init__(self, weight: float, taps: list[str], loss: TopologyLoss):
+        super().__init__(weight, taps)
+        self.loss = loss
+        self._last_clouds = None  # the last tap's detached (student, teacher, offset), for `diagrams`
+
+    def forward(self, step: DistillStep) -> torch.Tensor:
+        loss = step.seg_loss.new_zeros(())
+        for name in self.taps:
+            s, t = step.student["taps"][name], step.teacher["taps"][name]
+            points, offset = one_point_per_cell((s, t), step.batch["offset"])  # (N_cells,), (B,)
+            # (N_cells, C_S) and (N_cells, C_T), row-aligned
+            student_feat, teacher_feat = s.feat[s.index[points]], t.feat[t.index[points]].detach()
+            loss = loss + self.loss(student_feat, teacher_feat, offset)
+        self._last_clouds = (student_feat.detach(), teacher_feat, offset)
+        return loss
+
+    def diagrams(self) -> tuple[list, list, tuple] | None:
+        """Teacher and student diagrams (per dim) of the last step's first scan, for dashboards."""
+        if self._last_clouds is None:
+            return None
+        teacher, student = self.loss.diagrams(*self._last_clouds)[0]
+        return teacher, student, self.loss.dims

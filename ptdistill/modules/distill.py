@@ -2,25 +2,23 @@
 
     L = L_seg + λ_kd·L_kd + λ_topo·L_topo + λ_grad·L_grad
 
-`terms` holds the enabled distillation terms (the `loss=` option): each has a `weight` (its λ), a
-`loss` config and, for feature terms, the `taps` (layers) it compares.
+`terms` holds the enabled distillation terms (the `loss=` option), each a `DistillationTerm` config that
+owns its λ (`weight`), its taps and its loss.
 """
 
 import logging
 from collections import Counter
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
 from ptdistill.errors import UserError
-from ptdistill.losses.saliency import channel_weights
-from ptdistill.models.ptv3.structure import one_point_per_cell
+from ptdistill.losses.term import DistillStep
 from ptdistill.modules.segmentation import SegmentationModule
 
 log = logging.getLogger(__name__)
-
-KNOWN_TERMS = ("kd", "topo", "grad")
 
 
 class DistillModule(SegmentationModule):
@@ -28,6 +26,9 @@ class DistillModule(SegmentationModule):
 
     Checkpoints hold the student only: the teacher is rebuilt from its own checkpoint, so a
     distillation checkpoint also loads alone for evaluation and deployment.
+
+    grad_norm_every_n_steps: every n steps, also log the norm of each weighted term's gradient at the
+    student's parameters beside L_seg's (`train/grad_norm/<name>`): one extra backward per term; 0: never.
     """
 
     def __init__(
@@ -42,20 +43,25 @@ class DistillModule(SegmentationModule):
         class_names: list[str],
         ignore_index: int = -1,
         block_lr_scale: float = 0.1,
+        grad_norm_every_n_steps: int = 0,
     ):
         super().__init__(model, criterion, optimizer, scheduler, num_classes, class_names, ignore_index, block_lr_scale)
-        unknown = set(terms) - set(KNOWN_TERMS)
-        if unknown:
-            raise UserError(f"unknown distillation terms {sorted(unknown)}; known: {list(KNOWN_TERMS)}")
-        incomplete = sorted(name for name, term in terms.items() if "_target_" not in (term.get("loss") or {}))
-        if incomplete:
-            raise UserError(f"loss.terms.{incomplete[0]} has no loss._target_: an override or experiment set its keys, "
-                            "but the chosen loss= option does not define that term")
         self.teacher = instantiate(teacher).requires_grad_(False).eval()
-        self.terms = nn.ModuleDict({name: instantiate(term["loss"]) for name, term in terms.items()})
-        self.weights = {name: float(term["weight"]) for name, term in terms.items()}
-        self.taps = {name: tuple(term.get("taps", ())) for name, term in terms.items()}
-        self.skipped = Counter()  # non-finite terms left out of the loss, by name
+        self.terms = nn.ModuleDict({name: self._term(name, term) for name, term in terms.items()})
+        self.grad_norm_every_n_steps = grad_norm_every_n_steps
+        self.skipped = Counter()  # non-finite losses left out, by name
+
+    @staticmethod
+    def _term(name: str, config: dict) -> nn.Module:
+        if "_target_" not in config:
+            raise UserError(f"loss.terms.{name} has no _target_: an override or experiment set its keys, "
+                            "but the chosen loss= option does not define that term")
+        try:
+            return instantiate(config)
+        except InstantiationException as error:  # a term or loss refusing its arguments: one line
+            if isinstance(error.__cause__, ValueError):
+                raise UserError(f"loss.terms.{name}: {error.__cause__}") from None
+            raise
 
     def train(self, mode: bool = True) -> "DistillModule":
         """The teacher stays in eval mode (fixed serialization order, frozen BatchNorm statistics)."""
@@ -63,71 +69,55 @@ class DistillModule(SegmentationModule):
         self.teacher.eval()
         return self
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        taps = sorted({tap for names in self.taps.values() for tap in names})
+    def distill_step(self, batch: dict) -> DistillStep:
+        """Both forwards and L_seg: what every term needs."""
+        taps = sorted({tap for term in self.terms.values() for tap in term.taps})
         student = self.model(batch, taps=taps)
         seg = self.criterion(student["logits"], batch["segment"])
         # L_grad needs ∂L_seg/∂F of the teacher too, so its forward then keeps a graph from the taps on.
-        with torch.set_grad_enabled("grad" in self.terms):
-            teacher = self.teacher(batch, taps=taps, tap_grad="grad" in self.terms)
+        teacher_grad = any(term.needs_teacher_grad for term in self.terms.values())
+        with torch.set_grad_enabled(teacher_grad):
+            teacher = self.teacher(batch, taps=taps, tap_grad=teacher_grad)
+        return DistillStep(batch, student, teacher, seg, self.criterion)
 
-        raw = {name: getattr(self, f"_{name}_loss")(batch, student, teacher, seg) for name in self.terms}
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        step = self.distill_step(batch)
         batch_size = len(batch["offset"])
-        if not torch.isfinite(seg):
+        if not torch.isfinite(step.seg_loss):
             self._skip("seg", batch)
             return None  # Lightning skips the optimizer step
-        total = seg
-        for name, value in raw.items():
+        weighted = {"seg": step.seg_loss}
+        for name, term in self.terms.items():
+            value = term(step)
             self.log(f"train/raw/{name}", value.detach(), batch_size=batch_size)
             if not torch.isfinite(value):
                 self._skip(name, batch)
                 continue
-            weighted = self.weights[name] * value
-            self.log(f"train/weighted/{name}", weighted.detach(), batch_size=batch_size)
-            total = total + weighted
-        self.log("train/seg", seg.detach(), batch_size=batch_size)
+            weighted[name] = term.weight * value
+            self.log(f"train/weighted/{name}", weighted[name].detach(), batch_size=batch_size)
+        if self.grad_norm_every_n_steps and self.global_step % self.grad_norm_every_n_steps == 0:
+            self._log_grad_norms(weighted)
+        total = sum(weighted.values())
+        self.log("train/seg", step.seg_loss.detach(), batch_size=batch_size)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
         return total
+
+    def _log_grad_norms(self, weighted: dict[str, torch.Tensor]) -> None:
+        """‖∂(λ·L)/∂θ_S‖ of every term and of L_seg, over all the student's parameters."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for name, value in weighted.items():
+            grads = [g for g in torch.autograd.grad(value, params, retain_graph=True, allow_unused=True) if g is not None]
+            norm = torch.stack([g.norm() for g in grads]).norm() if grads else value.new_zeros(())
+            self.log(f"train/grad_norm/{name}", norm, batch_size=1)
 
     def _skip(self, name: str, batch: dict) -> None:
         self.skipped[name] += 1
         log.warning("Non-finite %s loss skipped at step %d (scans %s)", name, self.global_step, batch.get("name"))
         self.log(f"train/skipped/{name}", float(self.skipped[name]), reduce_fx="max")
 
-    def _kd_loss(self, batch: dict, student: dict, teacher: dict, seg: torch.Tensor) -> torch.Tensor:
-        return self.terms["kd"](student["logits"], teacher["logits"], batch["segment"])
-
-    def _topo_loss(self, batch: dict, student: dict, teacher: dict, seg: torch.Tensor) -> torch.Tensor:
-        loss = seg.new_zeros(())
-        for name in self.taps["topo"]:
-            s, t = student["taps"][name], teacher["taps"][name]
-            # The clouds hold each cell of a pooled level once, not once per input point in it.
-            points, offset = one_point_per_cell((s, t), batch["offset"])  # (N_cells,), (B,)
-            # (N_cells, C_S) and (N_cells, C_T), row-aligned
-            student_feat, teacher_feat = s.feat[s.index[points]], t.feat[t.index[points]].detach()
-            loss = loss + self.terms["topo"](student_feat, teacher_feat, offset)
-        # The last tap's features, kept (detached) for `persistence_diagrams`.
-        self._last_topo_input = (student_feat.detach(), teacher_feat, offset)
-        return loss
-
     def persistence_diagrams(self) -> tuple[list, list, tuple] | None:
         """Teacher and student diagrams (per dim) of the last training batch's first scan, for dashboards."""
-        if getattr(self, "_last_topo_input", None) is None:
-            return None
-        teacher, student = self.terms["topo"].diagrams(*self._last_topo_input)[0]
-        return teacher, student, tuple(self.terms["topo"].dims)
-
-    def _grad_loss(self, batch: dict, student: dict, teacher: dict, seg: torch.Tensor) -> torch.Tensor:
-        teacher_seg = self.criterion(teacher["logits"], batch["segment"])
-        loss = seg.new_zeros(())
-        for name in self.taps["grad"]:
-            s, t = student["taps"][name], teacher["taps"][name]
-            student_weights = channel_weights(seg, s.feat)  # (C_S,) Eq. 4
-            teacher_weights = channel_weights(teacher_seg, t.feat)  # (C_T,)
-            loss = loss + self.terms["grad"](
-                s.feat[s.index], student_weights, t.feat[t.index].detach(), teacher_weights, batch["offset"]
-            )
-        return loss
+        return self.terms["topo"].diagrams() if "topo" in self.terms else None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}

@@ -46,3 +46,17 @@ def pwcd(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> tor
     weight = torch.log1p((teacher[:, 1] - teacher[:, 0]).clamp(min=0))  # (M,)
     recall = (weight * _nearest_cost(teacher, student)).sum() / (weight.sum() + eps)
     return recall + _nearest_cost(student, teacher).sum() / max(len(student), 1)
+
+
+def chamfer(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Plain Chamfer distance between diagrams teacher (M, 2) and student (K, 2), as the authors' code uses:
+    mean_i min_j ||t_i - s_j||^2 + mean_j min_i ||s_j - t_i||^2, unweighted, with no diagonal.
+
+    An empty side has nothing to match: the other side then pays its squared distance to the diagonal
+    (2 × `_diagonal_cost`), so the loss stays defined and still pushes spurious pairs to the diagonal.
+    """
+    teacher = teacher.to(student.dtype)
+    if len(teacher) == 0 or len(student) == 0:
+        return sum((2 * _diagonal_cost(d)).mean() for d in (teacher, student) if len(d)) + student.sum() * 0.0
+    cost = (teacher[:, None] - student[None]).square().sum(-1)  # (M, K)
+    return cost.amin(1).mean() + cost.amin(0).mean()

@@ -1,0 +1,170 @@
+"""KD gain with paired seeds: `python -m ptdistill.bench.kd_gain [--seeds 5] [--rows kld topo+grad] [OVERRIDE ...]`.
+
+For every seed it trains the no-KD student (`stage=student`) and the KD student of each row
+(`loss=<row>`) against one stage-1 teacher. The arms of a seed share the student's initialisation, the
+data order and the augmentation, which all come from the seed alone. Each run is scored on the test split
+(`test=true`, its best-on-val checkpoint) and, on val, against the teacher: argmax agreement and
+KL(teacher ‖ student) at T = 1, per original point. It prints per-seed mIoU, the per-seed differences
+KD − no-KD with their mean and 95 % t-interval, and writes kd_gain.csv, kd_gain.md and kd_gain.png.
+
+Runs are `train.py` processes, `--jobs` at a time with `--threads` torch threads each (two one-thread
+jobs use a 2-core machine better than one two-thread job, and never oversubscribe it).
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import matplotlib
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from ptdistill.data.tta import full_resolution_scores
+from ptdistill.evaluation import module_from_checkpoint
+from ptdistill.pipeline import teacher_home
+from ptdistill.report import paired_difference
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BASELINE = "student"  # the no-KD arm
+
+
+def arm_overrides(arm: str) -> list[str]:
+    return ["stage=student"] if arm == BASELINE else [f"loss={arm}"]
+
+
+def compose_run(overrides: list[str]) -> DictConfig:
+    """The config `train.py <overrides>` would run (without Hydra's runtime keys)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def run_train(overrides: list[str], run_dir: Path, threads: int) -> dict:
+    """One `train.py` run into run_dir; its metrics.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+    args = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
+    with (run_dir / "train.out").open("w") as out:
+        done = subprocess.run(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"train.py {' '.join(overrides)} failed (exit {done.returncode}); see {run_dir / 'train.out'}")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@torch.no_grad()
+def teacher_agreement(student_checkpoint: str, teacher_checkpoint: str, cfg: DictConfig, split: str = "val") -> dict:
+    """Argmax agreement with the teacher and mean KL(p_T ‖ p_S) over the original points of `split`."""
+    student, teacher = module_from_checkpoint(student_checkpoint), module_from_checkpoint(teacher_checkpoint)
+    datamodule = instantiate(cfg.dataset.datamodule, num_workers=0)
+    datamodule.setup("validate" if split == "val" else "test")
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    agree = kl = points = 0.0
+    for batch in loader:
+        p_s = full_resolution_scores(student(batch), batch["inverse"])  # (N_full, K)
+        p_t = full_resolution_scores(teacher(batch), batch["inverse"])
+        agree += float((p_s.argmax(1) == p_t.argmax(1)).sum())
+        kl += float((p_t * (p_t.clamp_min(1e-12).log() - p_s.clamp_min(1e-12).log())).sum())
+        points += len(p_s)
+    return {"agreement": agree / points, "kl_teacher_student": kl / points}
+
+
+def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: Path, jobs: int, threads: int) -> list[dict]:
+    """Train and score every (seed, arm); the rows of kd_gain.csv."""
+    # The project's data and teacher registry (under PTDISTILL_ROOT or the repository), this benchmark's runs.
+    base = [*overrides, f"paths.root_dir={os.environ.get('PTDISTILL_ROOT', ROOT)}", "test=true"]
+    cfg = compose_run(base)
+    teacher = teacher_home(cfg) / "teacher.ckpt"
+    if not teacher.exists():  # trained once, before the arms, so that parallel arms share it
+        run_train([*base, "stage=teacher"], out / "teacher", threads * jobs)
+    arms = [(seed, arm) for seed in seeds for arm in [BASELINE, *rows]]
+
+    def one(seed_arm):
+        seed, arm = seed_arm
+        start = time.perf_counter()
+        metrics = run_train([*base, *arm_overrides(arm), f"seed={seed}"], out / f"seed{seed}" / arm.replace("+", "_"), threads)
+        torch.set_num_threads(threads)
+        scores = teacher_agreement(metrics["checkpoint"], str(teacher), compose_run([*base, f"seed={seed}"]))
+        return {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
+                **scores, "seconds": time.perf_counter() - start}
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(one, arms))
+
+
+def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> str:
+    """Markdown: per-seed mIoU of each arm, then each row's paired difference from the no-KD arm."""
+    seeds = sorted({r["seed"] for r in results})
+    value = {(r["seed"], r["arm"]): r for r in results}
+    arms = [BASELINE, *rows]
+    lines = ["| seed | " + " | ".join(arms) + " | " + " | ".join(f"{a} − {BASELINE}" for a in rows) + " |",
+             "|" + "---|" * (1 + len(arms) + len(rows))]
+    for seed in seeds:
+        cells = [f"{value[(seed, a)][metric]:.2f}" for a in arms]
+        cells += [f"{value[(seed, a)][metric] - value[(seed, BASELINE)][metric]:+.2f}" for a in rows]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    lines += ["", f"| row | mean {metric} difference | 95 % t-interval | n | val agreement with teacher | val KL(T‖S) |",
+              "|---|---|---|---|---|---|"]
+    for arm in arms:
+        agreement = sum(value[(s, arm)]["agreement"] for s in seeds) / len(seeds)
+        kl = sum(value[(s, arm)]["kl_teacher_student"] for s in seeds) / len(seeds)
+        if arm == BASELINE:
+            lines.append(f"| {arm} (no KD) | — | — | {len(seeds)} | {100 * agreement:.2f} % | {kl:.4f} |")
+            continue
+        d = paired_difference([value[(s, arm)][metric] for s in seeds], [value[(s, BASELINE)][metric] for s in seeds])
+        lines.append(f"| {arm} | {d['mean']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | {d['n']} "
+                     f"| {100 * agreement:.2f} % | {kl:.4f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_mIoU") -> None:
+    """Each seed's arms joined by a line: paired seeds show the gain whatever the seed's level."""
+    arms = [BASELINE, *rows]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(arms), 3.2))
+    for seed in sorted({r["seed"] for r in results}):
+        by_arm = {r["arm"]: r[metric] for r in results if r["seed"] == seed}
+        ax.plot(range(len(arms)), [by_arm[a] for a in arms], marker="o", label=f"seed {seed}")
+    ax.set_xticks(range(len(arms)), [f"{a}\n(no KD)" if a == BASELINE else a for a in arms])
+    ax.set_ylabel(metric.replace("_", " ") + " (%)")
+    ax.set_title("KD gain, paired seeds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. S-1")
+    parser.add_argument("--rows", nargs="+", default=["kld", "topo+grad"], help="loss= options of the KD arms")
+    parser.add_argument("--out", type=Path, default=None, help="default: outputs/kd_gain/<time>")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("overrides", nargs="*", default=["experiment=kd_gain"], help="train.py overrides of every run")
+    args = parser.parse_args()
+    out = (args.out or ROOT / "outputs" / "kd_gain" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
+    start = time.perf_counter()
+    results = run_benchmark(list(range(args.seeds)), args.rows, args.overrides, out, args.jobs, args.threads)
+    with (out / "kd_gain.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(results[0]))
+        writer.writeheader()
+        writer.writerows(results)
+    text = summary(results, args.rows)
+    text += f"\n\nWall time: {time.perf_counter() - start:.0f} s, {args.jobs} jobs × {args.threads} threads."
+    (out / "kd_gain.md").write_text(text + "\n")
+    plot(results, args.rows, out / "kd_gain.png")
+    print(text)
+    print(f"\nWrote {out}/kd_gain.csv, kd_gain.md, kd_gain.png")
+
+
+if __name__ == "__main__":
+    main()

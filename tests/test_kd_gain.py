@@ -1,0 +1,64 @@
+"""The paired-seed KD-gain benchmark: its statistics by hand, the Table 7 paired rows, and a tiny run end to end."""
+
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+from scipy import stats
+
+from conftest import ROOT, TINY
+from ptdistill.report import paired_difference, write_report
+
+
+def test_paired_difference_is_the_t_interval_of_the_per_seed_differences():
+    kd, baseline = [50.0, 53.0, 49.5, 52.0, 51.0], [48.0, 50.5, 49.0, 49.0, 48.5]
+    diffs = [2.0, 2.5, 0.5, 3.0, 2.5]
+    mean, sd = sum(diffs) / 5, math.sqrt(sum((d - 2.1) ** 2 for d in diffs) / 4)  # by hand: 2.1, 0.9618
+    half = 2.7764451051977987 * sd / math.sqrt(5)  # t_{0.975, 4}
+    d = paired_difference(kd, baseline)
+    assert d["n"] == 5 and d["diffs"] == diffs
+    assert d["mean"] == pytest.approx(mean) and d["low"] == pytest.approx(mean - half) and d["high"] == pytest.approx(mean + half)
+    assert stats.t.ppf(0.975, 4) == pytest.approx(2.7764451051977987)
+    single = paired_difference([1.0], [0.5])
+    assert single["mean"] == 0.5 and math.isnan(single["low"])
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_report_gives_each_row_its_paired_difference_from_kld(tmp_path):
+    values = {("kld", 0): 0.50, ("kld", 1): 0.54, ("kld", 2): 0.52, ("topo", 0): 0.55, ("topo", 1): 0.56,
+              ("topo", 2): 0.53, ("student", 0): 0.45, ("student", 1): 0.47, ("student", 2): 0.44}
+    for i, ((loss, seed), miou) in enumerate(values.items()):
+        run = tmp_path / str(i)
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"dataset": "synthetic", "loss": loss, "seed": seed, "val/mIoU": miou}))
+    text = write_report(tmp_path)
+    rows = {row[0]: row[1] for row in csv.reader((tmp_path / "table7_paired.csv").open())}
+    d = paired_difference([100 * values[("topo", s)] for s in range(3)], [100 * values[("kld", s)] for s in range(3)])
+    assert rows["topo"] == f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n=3)"
+    assert rows["student"].startswith(f"{statistics.fmean([-5.0, -7.0, -8.0]):+.2f}")
+    assert "L_seg (no KD)" in text and "Paired difference from L_seg + L_KLD" in text
+
+
+@pytest.mark.slow
+def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
+    overrides = [*TINY, "trainer.max_epochs=1", f"paths.data_dir={tmp_path.parent}/data", "trainer.check_val_every_n_epoch=1"]
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, "-m", "ptdistill.bench.kd_gain", "--seeds", "2", "--rows", "kld", "--out", str(out), *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PTDISTILL_ROOT": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rows = list(csv.DictReader((out / "kd_gain.csv").open()))
+    assert sorted((int(r["seed"]), r["arm"]) for r in rows) == [(0, "kld"), (0, "student"), (1, "kld"), (1, "student")]
+    for r in rows:
+        assert 0 <= float(r["test_mIoU"]) <= 100 and 0 <= float(r["agreement"]) <= 1 and float(r["kl_teacher_student"]) >= 0
+    by = {(int(r["seed"]), r["arm"]): float(r["test_mIoU"]) for r in rows}
+    d = paired_difference([by[(s, "kld")] for s in (0, 1)], [by[(s, "student")] for s in (0, 1)])
+    assert f"| kld | {d['mean']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | 2 " in result.stdout
+    assert (out / "kd_gain.png").stat().st_size > 1000 and (out / "kd_gain.md").exists()

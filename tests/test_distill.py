@@ -126,7 +126,7 @@ def test_an_empty_tap_list_is_a_one_line_config_error(tiny_config):
 def test_non_finite_seg_loss_skips_the_step_before_any_term_runs(distill_setup, monkeypatch):
     cfg, batch = distill_setup
     module = _module(cfg).train()
-    monkeypatch.setattr(module, "criterion", lambda logits, target: logits.sum() * math.nan)
+    monkeypatch.setattr(module.criterion, "forward", lambda logits, target: logits.sum() * math.nan)
     monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
     for term in module.terms.values():
         monkeypatch.setattr(term, "forward", lambda step: pytest.fail("a term ran after a non-finite L_seg"))

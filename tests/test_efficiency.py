@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,13 @@ from ptdistill.bench.flops import CPU_SDPA, PartCount, count_model, flop_counter
 from ptdistill.models.ptv3.blocks import Block
 from ptdistill.models.ptv3.structure import PointBatch
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def model_node(name: str) -> dict:
+    """conf/model/<name>.yaml composed with its defaults (conf/model/_ptv3.yaml), interpolations unresolved."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_container(compose(overrides=[f"+model={name}"]).model)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def model(name: str, role: str, num_classes: int = 16) -> torch.nn.Module:
     cfg = OmegaConf.create({"dataset": {"in_channels": 4, "num_classes": num_classes},
-                            "model": OmegaConf.load(CONF / f"{name}.yaml")})
+                            "model": model_node(name)})
     torch.manual_seed(0)
     return instantiate(cfg.model[role])
 
@@ -51,7 +58,7 @@ def test_block_parameters_by_hand(channels):
     # CPE: conv 27C² + C, linear C² + C, LayerNorm 2C; two LayerNorms 4C; qkv 3C² + 3C; proj C² + C;
     # MLP 4C² + 4C and 4C² + C.
     with torch.device("meta"):
-        block = Block(channels, num_heads=1, patch_size=16)
+        block = Block(channels=channels, num_heads=1, patch_size=16)
     assert num_params(block) == 40 * channels**2 + 17 * channels
 
 
@@ -62,7 +69,7 @@ def test_block_flops_by_hand(side, channels, heads, patch_size):
     """One block on a dense cube: every count follows from N = side³ and the cube's neighbour pairs."""
     batch = cube_batch(side, channels)
     point = PointBatch.from_batch(batch, channels, ("z",), shuffle=False)
-    block = Block(channels, heads, patch_size).eval()
+    block = Block(channels=channels, num_heads=heads, patch_size=patch_size).eval()
     with torch.inference_mode(), flop_counter() as counter:
         block(point)
     n, c = side**3, channels

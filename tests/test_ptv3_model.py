@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -12,9 +13,15 @@ from ptdistill.models.ptv3 import PTv3Segmentor
 from ptdistill.models.ptv3.blocks import MLP
 from ptdistill.models.ptv3.structure import one_point_per_cell
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 NUM_CLASSES = 5
 TAPS = ("enc0", "enc1", "enc2", "enc3", "enc4", "dec3", "dec2", "dec1", "dec0")
+
+
+def model_node(name: str) -> dict:
+    """conf/model/<name>.yaml composed with its defaults (conf/model/_ptv3.yaml), interpolations unresolved."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_container(compose(overrides=[f"+model={name}"]).model)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def model_config(name: str, in_channels: int = 4, num_classes: int = NUM_CLASSES):
     dataset = {"in_channels": in_channels, "num_classes": num_classes}
-    return OmegaConf.create({"dataset": dataset, "model": OmegaConf.load(CONF / f"{name}.yaml")})
+    return OmegaConf.create({"dataset": dataset, "model": model_node(name)})
 
 
 def tiny(role: str = "teacher", **overrides) -> PTv3Segmentor:
@@ -198,9 +205,9 @@ def test_unknown_tap_is_refused():
 
 def test_inconsistent_stage_lists_are_refused():
     with pytest.raises(ValueError, match="enc_channels has 4 entries"):
-        PTv3Segmentor(4, 3, enc_channels=(16, 32, 64, 128))
+        PTv3Segmentor(in_channels=4, num_classes=3, enc_channels=(16, 32, 64, 128))
     with pytest.raises(ValueError, match="must equal enc_patch_size"):
-        PTv3Segmentor(4, 3, enc_patch_size=(64,) * 5, dec_patch_size=(32,) * 4)
+        PTv3Segmentor(in_channels=4, num_classes=3, enc_patch_size=(64,) * 5, dec_patch_size=(32,) * 4)
 
 
 def test_mlp_in_row_chunks_without_autograd_gives_the_same_rows(monkeypatch):

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -81,7 +82,9 @@ def test_softmax_is_summed_over_views_at_full_resolution():
 
 @pytest.mark.parametrize("name, num_views", [("semantickitti", 4), ("nuscenes", 10), ("waymo", 4)])
 def test_dataset_configs_enable_tta(name, num_views):
-    cfg = OmegaConf.create({"dataset": OmegaConf.load(CONF / f"{name}.yaml"), "seed": 0, "paths": {"data_dir": "."}})
+    with initialize_config_dir(config_dir=str(CONF.parent.resolve()), version_base="1.3"):  # with its base, _lidar
+        dataset = compose(overrides=[f"+dataset={name}"]).dataset
+    cfg = OmegaConf.create({"dataset": OmegaConf.to_container(dataset), "seed": 0, "paths": {"data_dir": "."}})
     assert not isinstance(instantiate(cfg.dataset.datamodule).eval_transform, test_time.TestTimeAugmentation)
     cfg.dataset.tta.enabled = True
     datamodule = instantiate(cfg.dataset.datamodule)

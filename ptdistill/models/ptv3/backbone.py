@@ -40,6 +40,7 @@ class Embedding(nn.Module):
 class PointTransformerV3(nn.Module):
     def __init__(
         self,
+        *,
         in_channels: int,
         order: Sequence[str] = ORDERS,
         stride: Sequence[int] = (2, 2, 2, 2),
@@ -83,8 +84,10 @@ class PointTransformerV3(nn.Module):
                              "encoder's patches")
 
         def block(channels, heads, patch_size, rate, i):
-            return Block(channels, heads, patch_size, mlp_ratio, qkv_bias, qk_scale, attn_drop, proj_drop, rate,
-                         pre_norm, order_index=i % len(self.order), enable_flash=enable_flash)
+            return Block(channels=channels, num_heads=heads, patch_size=patch_size, mlp_ratio=mlp_ratio,
+                         qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop,
+                         drop_path=rate, pre_norm=pre_norm, order_index=i % len(self.order),
+                         enable_flash=enable_flash)
 
         self.embedding = Embedding(in_channels, enc_channels[0])
         # Stochastic depth grows linearly with depth, over the encoder and over the decoder.

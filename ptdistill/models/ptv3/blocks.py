@@ -74,6 +74,7 @@ class ConditionalPositionEncoding(nn.Sequential):
 class Block(nn.Module):
     def __init__(
         self,
+        *,
         channels: int,
         num_heads: int,
         patch_size: int,
@@ -92,7 +93,8 @@ class Block(nn.Module):
         self.cpe = ConditionalPositionEncoding(channels)
         self.norm1 = nn.Sequential(nn.LayerNorm(channels))
         self.attn = SerializedAttention(
-            channels, num_heads, patch_size, qkv_bias, qk_scale, attn_drop, proj_drop, order_index, enable_flash
+            channels=channels, num_heads=num_heads, patch_size=patch_size, qkv_bias=qkv_bias, qk_scale=qk_scale,
+            attn_drop=attn_drop, proj_drop=proj_drop, order_index=order_index, enable_flash=enable_flash,
         )
         self.norm2 = nn.Sequential(nn.LayerNorm(channels))
         self.mlp = nn.Sequential(MLP(channels, int(channels * mlp_ratio), proj_drop))

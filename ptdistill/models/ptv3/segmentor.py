@@ -22,6 +22,7 @@ class PTv3Segmentor(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int,
         num_classes: int,
         order: Sequence[str] = ORDERS,
@@ -50,9 +51,11 @@ class PTv3Segmentor(nn.Module):
         # Registered first, as in DefaultSegmentorV2, so the state dicts list keys in the same order.
         self.seg_head = nn.Linear(dec_channels[0], num_classes)
         self.backbone = PointTransformerV3(
-            in_channels, order, stride, enc_depths, enc_channels, enc_num_head, enc_patch_size, dec_depths,
-            dec_channels, dec_num_head, dec_patch_size, mlp_ratio, qkv_bias, qk_scale, attn_drop, proj_drop,
-            drop_path, pre_norm, shuffle_orders, enable_flash,
+            in_channels=in_channels, order=order, stride=stride, enc_depths=enc_depths, enc_channels=enc_channels,
+            enc_num_head=enc_num_head, enc_patch_size=enc_patch_size, dec_depths=dec_depths,
+            dec_channels=dec_channels, dec_num_head=dec_num_head, dec_patch_size=dec_patch_size,
+            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop,
+            drop_path=drop_path, pre_norm=pre_norm, shuffle_orders=shuffle_orders, enable_flash=enable_flash,
         )
         if checkpoint is not None:
             load_pointcept_checkpoint(self, checkpoint, trust=trust_checkpoint)

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test bench clean
+.PHONY: train test test-fast bench clean
 
 # torch is installed first and pinned, so pip takes the CPU wheel on disk, never a CUDA build.
 $(STAMP): pyproject.toml
@@ -19,6 +19,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The suite without the end-to-end runs marked `slow`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m ptdistill.bench.ptv3_speed

@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ptdistill.bench.efficiency import efficiency_report
+from ptdistill.config import check_targets
 from ptdistill.errors import UserError, exits_on_user_error
 from ptdistill.evaluation import evaluate_iou
 from ptdistill.export import export_student
@@ -16,6 +17,7 @@ TASKS = {"iou": evaluate_iou, "efficiency": efficiency_report, "export": export_
 def main(cfg: DictConfig) -> None:
     if cfg.task not in TASKS:
         raise UserError(f"unknown task={cfg.task!r}; choose one of {sorted(TASKS)}")
+    check_targets(cfg)
     TASKS[cfg.task](cfg)
 
 

@@ -4,8 +4,9 @@ import logging
 import os
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ptdistill.config import check_targets
 from ptdistill.errors import exits_on_user_error
 from ptdistill.pipeline import train
 
@@ -18,6 +19,9 @@ def main(cfg: DictConfig) -> float:
     if "wandb" in cfg.logger and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         log.info("No WANDB_API_KEY: W&B runs offline (sync later with `wandb sync`).")
         os.environ["WANDB_MODE"] = "offline"
+    check_targets(cfg)
+    if cfg.get("print_config"):
+        log.info("Config (also saved as %s/.hydra/config.yaml):\n%s", cfg.paths.output_dir, OmegaConf.to_yaml(cfg))
     return train(cfg)
 
 

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -47,7 +46,7 @@ def fit(cfg: DictConfig) -> dict:
     best = checkpoint.best_model_score if checkpoint.best_model_score is not None else trainer.callback_metrics.get(cfg.optimized_metric)
     result = {
         "val/mIoU": float("nan") if best is None else float(best),
-        "checkpoint": checkpoint.best_model_path or checkpoint.last_model_path,
+        "checkpoint": checkpoint.best_model_path or checkpoint.last_model_path or _save_final(cfg, trainer),
         "skipped_samples": datamodule.num_skipped,
     }
     if result["skipped_samples"]:
@@ -55,9 +54,18 @@ def fit(cfg: DictConfig) -> dict:
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=result["checkpoint"])
         result["test/mIoU"] = float(trainer.callback_metrics["test/mIoU"])
-    if cfg.stage.name == "teacher" and trainer.is_global_zero:
+    if cfg.stage.name == "teacher" and trainer.is_global_zero and not trainer.fast_dev_run:
         _register_teacher(cfg, result)
     return result
+
+
+def _save_final(cfg: DictConfig, trainer: L.Trainer) -> str:
+    """The final weights of a run that stopped before its first checkpoint (max_steps, fast_dev_run)."""
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(path)
+    log.warning("The run stopped before its first checkpoint (no validation ran); saved its final weights "
+                "to %s", path)
+    return str(path)
 
 
 def _resume_path(cfg: DictConfig) -> str | None:
@@ -93,7 +101,9 @@ def resolve_teacher(cfg: DictConfig) -> tuple[str, float | None]:
     home = teacher_home(cfg)
     if not (home / "teacher.ckpt").exists():
         log.info("No stage-1 teacher for dataset=%s at %s: training the teacher first.", cfg.dataset.name, home)
-        fit(_compose_stage("teacher", "teacher"))
+        result = fit(_compose_stage("teacher", "teacher"))
+        if not (home / "teacher.ckpt").exists():  # a debug run (fast_dev_run) registers no teacher
+            return result["checkpoint"], result["val/mIoU"]
     else:
         log.info("Reusing the stage-1 teacher at %s", home / "teacher.ckpt")
     metrics = json.loads((home / "teacher.json").read_text())

@@ -6,32 +6,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 from ptdistill.bench.efficiency import efficiency_report
-from ptdistill.bench.flops import CPU_SDPA, PartCount, count_model, flop_counter, num_params, stages
+from ptdistill.bench.flops import (
+    CPU_SDPA,
+    PartCount,
+    count_model,
+    flop_counter,
+    num_params,
+    stages,
+)
+from ptdistill.config import model_config
 from ptdistill.models.ptv3.blocks import Block
 from ptdistill.models.ptv3.structure import PointBatch
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def model_node(name: str) -> dict:
-    """conf/model/<name>.yaml composed with its defaults (conf/model/_ptv3.yaml), interpolations unresolved."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(overrides=[f"+model={name}"]).model)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model(name: str, role: str, num_classes: int = 16) -> torch.nn.Module:
-    cfg = OmegaConf.create({"dataset": {"in_channels": 4, "num_classes": num_classes},
-                            "model": model_node(name)})
+    cfg = model_config(name, num_classes=num_classes)
     torch.manual_seed(0)
     return instantiate(cfg.model[role])
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, TINY
 from scipy import stats
 
-from conftest import ROOT, TINY
 from ptdistill.report import paired_difference, write_report
 
 

@@ -4,10 +4,9 @@ README says: eval mode, fixed serialization orders, no flash attention)."""
 
 import pytest
 import torch
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-
-from conftest import ROOT
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "pointcept_golden" / "student.pt"
 

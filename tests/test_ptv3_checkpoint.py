@@ -1,25 +1,17 @@
 """Pointcept checkpoints (DefaultSegmentorV2 + PT-v3m1): key layout, loading, clear refusals."""
 
 import argparse
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from ptdistill.config import model_config
 from ptdistill.errors import UserError
-from ptdistill.models.ptv3.checkpoint import CheckpointMismatchError, load_pointcept_checkpoint
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def model_node(name: str) -> dict:
-    """conf/model/<name>.yaml composed with its defaults (conf/model/_ptv3.yaml), interpolations unresolved."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(overrides=[f"+model={name}"]).model)
-
+from ptdistill.models.ptv3.checkpoint import (
+    CheckpointMismatchError,
+    load_pointcept_checkpoint,
+)
 
 # Key names and shapes of Pointcept's PT-v3m1 teacher for nuScenes (4 inputs, 16 classes), read
 # from Pointcept's model code: spconv weights are (C_out, k, k, k, C_in), PointSequential numbers
@@ -55,8 +47,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(name: str, num_classes: int = 5):
-    return OmegaConf.create({"dataset": {"in_channels": 4, "num_classes": num_classes},
-                             "model": model_node(name)})
+    return model_config(name, num_classes=num_classes)
 
 
 def tiny(role: str = "teacher", checkpoint=None, seed: int = 0):

@@ -1,40 +1,27 @@
 """The PTv3 segmentor end to end: sizes, taps, determinism, equivariance, gradients, bad input."""
 
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from ptdistill.config import model_config
 from ptdistill.models.ptv3 import PTv3Segmentor
 from ptdistill.models.ptv3.blocks import MLP
 from ptdistill.models.ptv3.structure import one_point_per_cell
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 NUM_CLASSES = 5
 TAPS = ("enc0", "enc1", "enc2", "enc3", "enc4", "dec3", "dec2", "dec1", "dec0")
 
-
-def model_node(name: str) -> dict:
-    """conf/model/<name>.yaml composed with its defaults (conf/model/_ptv3.yaml), interpolations unresolved."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(overrides=[f"+model={name}"]).model)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def model_config(name: str, in_channels: int = 4, num_classes: int = NUM_CLASSES):
-    dataset = {"in_channels": in_channels, "num_classes": num_classes}
-    return OmegaConf.create({"dataset": dataset, "model": model_node(name)})
-
-
 def tiny(role: str = "teacher", **overrides) -> PTv3Segmentor:
     torch.manual_seed(0)
-    return instantiate(model_config("ptv3_tiny").model[role], **overrides)
+    return instantiate(model_config("ptv3_tiny", num_classes=NUM_CLASSES).model[role], **overrides)
 
 
 def sample(seed: int, n: int, side: int = 64) -> dict:

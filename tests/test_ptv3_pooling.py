@@ -1,27 +1,16 @@
 """Serialized pooling's cell maximum: its gradient, its tie rule, and float32 training steps on the paper student."""
 
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 from ptdistill.bench.ptv3_speed import lidar_like_batch
+from ptdistill.config import model_config
 from ptdistill.models.ptv3.pooling import cell_max
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def model_node(name: str) -> dict:
-    """conf/model/<name>.yaml composed with its defaults (conf/model/_ptv3.yaml), interpolations unresolved."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(overrides=[f"+model={name}"]).model)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +56,7 @@ def test_cell_max_ignores_whatever_memory_it_is_given():
 def paper_student_steps(dtype: torch.dtype, steps: int) -> list[dict[str, torch.Tensor]]:
     """The gradients of train-mode forward + backward steps of the paper's student, all on one LiDAR-like scan."""
     torch.manual_seed(0)
-    cfg = OmegaConf.create({"dataset": {"in_channels": 4, "num_classes": 16}, "model": model_node("ptv3")})
+    cfg = model_config("ptv3")
     model = instantiate(cfg.model.student, shuffle_orders=False, drop_path=0.0).to(dtype).train()
     batch = lidar_like_batch(3000, seed=3)
     batch["feat"] = batch["feat"].to(dtype)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
+from ptdistill.config import compose_train
 from ptdistill.data.tta import full_resolution_scores
 from ptdistill.evaluation import module_from_checkpoint
 from ptdistill.pipeline import teacher_home
@@ -41,12 +41,6 @@ BASELINE = "student"  # the no-KD arm
 
 def arm_overrides(arm: str) -> list[str]:
     return ["stage=student"] if arm == BASELINE else [f"loss={arm}"]
-
-
-def compose_run(overrides: list[str]) -> DictConfig:
-    """The config `train.py <overrides>` would run (without Hydra's runtime keys)."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 def run_train(overrides: list[str], run_dir: Path, threads: int) -> dict:
@@ -82,7 +76,7 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
     """Train and score every (seed, arm); the rows of kd_gain.csv."""
     # The project's data and teacher registry (under PTDISTILL_ROOT or the repository), this benchmark's runs.
     base = [*overrides, f"paths.root_dir={os.environ.get('PTDISTILL_ROOT', ROOT)}", "test=true"]
-    cfg = compose_run(base)
+    cfg = compose_train(base)
     teacher = teacher_home(cfg) / "teacher.ckpt"
     if not teacher.exists():  # trained once, before the arms, so that parallel arms share it
         run_train([*base, "stage=teacher"], out / "teacher", threads * jobs)
@@ -93,7 +87,7 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
         start = time.perf_counter()
         metrics = run_train([*base, *arm_overrides(arm), f"seed={seed}"], out / f"seed{seed}" / arm.replace("+", "_"), threads)
         torch.set_num_threads(threads)
-        scores = teacher_agreement(metrics["checkpoint"], str(teacher), compose_run([*base, f"seed={seed}"]))
+        scores = teacher_agreement(metrics["checkpoint"], str(teacher), compose_train([*base, f"seed={seed}"]))
         return {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
                 **scores, "seconds": time.perf_counter() - start}
 

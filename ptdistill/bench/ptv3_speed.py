@@ -13,20 +13,11 @@ import argparse
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def model_node(name: str) -> dict:
-    """conf/model/<name>.yaml composed with its defaults (conf/model/_ptv3.yaml), interpolations unresolved."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(overrides=[f"+model={name}"]).model)
+from ptdistill.config import model_config
 
 
 def lidar_like_batch(num_points: int = 5000, grid_size: float = 0.05, seed: int = 0) -> dict:
@@ -115,7 +106,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    cfg = OmegaConf.create({"dataset": {"in_channels": 4, "num_classes": 16}, "model": model_node("ptv3")})
+    cfg = model_config("ptv3")
     scenes = {"ring scan": lidar_like_batch(args.points, args.grid),
               "scattered": scattered_batch(args.points, args.grid)}
     models = {name: instantiate(cfg.model[name]) for name in ("teacher", "student")}

@@ -101,6 +101,16 @@ def test_missing_root_or_sequence_shows_layout(tmp_path, kitti, missing):
     assert str(root if missing == "root" else root / "sequences" / "05" / "velodyne") in str(error.value)
 
 
+def test_partial_copy_names_the_missing_folder_what_is_there_and_the_override(kitti):
+    root, _ = kitti  # sequences 00, 01, 08, 11
+    with pytest.raises(DatasetNotFoundError) as error:
+        SemanticKITTIDataset(str(root), "train", {"train": ["00", "02", "08"]}, LEARNING_MAP)
+    message = str(error.value)
+    assert str(root / "sequences" / "02" / "velodyne") in message
+    assert "holds ['00', '01', '08', '11']" in message
+    assert """'dataset.splits.train=["00","08"]'""" in message
+
+
 def corrupt(directory: Path, case: str) -> Path:
     """Damage scan 000000 of `directory` as `case` says; return the file the error must name."""
     scan, label = directory / "velodyne" / "000000.bin", directory / "labels" / "000000.label"

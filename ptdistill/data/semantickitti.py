@@ -45,7 +45,7 @@ class SemanticKITTIDataset(LidarDataset):
         self.root = Path(root)
         self.labelled = split in labelled_splits
         self.learning_map = LearningMap(learning_map)
-        self.scans = [scan for sequence in splits[split] for scan in self._list_sequence(str(sequence))]
+        self.scans = [scan for sequence in splits[split] for scan in self._list_sequence(split, splits[split], str(sequence))]
         if not self.scans:
             raise DatasetNotFoundError(
                 f"{self.root}: split {split!r} (sequences {list(splits[split])}) has no scans.\n{self.layout()}"
@@ -60,12 +60,21 @@ class SemanticKITTIDataset(LidarDataset):
             f"  {self.root}/sequences/<XX>/labels/<NNNNNN>.label   uint32 (train and val splits)"
         )
 
-    def _list_sequence(self, sequence: str) -> list[Path]:
+    def _list_sequence(self, split: str, wanted: Sequence[str], sequence: str) -> list[Path]:
         velodyne = self.root / "sequences" / sequence / "velodyne"
-        if not velodyne.is_dir():
-            missing = self.root if not self.root.is_dir() else velodyne
-            raise DatasetNotFoundError(f"{missing}: no such directory.\n{self.layout()}")
-        return sorted(velodyne.glob("*.bin"))
+        if velodyne.is_dir():
+            return sorted(velodyne.glob("*.bin"))
+        if not (self.root / "sequences").is_dir():
+            raise DatasetNotFoundError(f"{self.root / 'sequences'}: no such directory.\n{self.layout()}")
+        # A partial copy: say what is there, and the override that trains on it.
+        present = sorted(p.parent.name for p in (self.root / "sequences").glob("*/velodyne") if p.is_dir())
+        usable = [s for s in map(str, wanted) if s in present]
+        quoted = ",".join(f'"{s}"' for s in usable)
+        fix = f" To use what is there: 'dataset.splits.{split}=[{quoted}]'." if usable else ""
+        raise DatasetNotFoundError(
+            f"{velodyne}: no such directory; split {split!r} wants sequences {list(map(str, wanted))}, "
+            f"{self.root / 'sequences'} holds {present or 'none'}.{fix}\n{self.layout()}"
+        )
 
     def read(self, index: int) -> dict:
         path = self.scans[index]

@@ -26,7 +26,8 @@ def teacher_home(cfg: DictConfig) -> Path:
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "teacher": OmegaConf.to_container(cfg.model.teacher, resolve=True),
     }
-    key["dataset"].pop("datamodule", None)  # loader settings do not change the teacher
+    for name in ("datamodule", "tta"):  # loader and test-time settings do not change the teacher
+        key["dataset"].pop(name, None)
     key["teacher"].pop("checkpoint", None)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cfg.paths.teacher_dir) / f"{cfg.dataset.name}-{digest}"

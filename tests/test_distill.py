@@ -151,3 +151,14 @@ def test_gradient_norms_of_every_term_are_logged_beside_seg(distill_setup, monke
     module.distill_step(batch).seg_loss.backward()
     expected = torch.stack([p.grad.norm() for p in module.model.parameters() if p.grad is not None]).norm()
     assert norms["seg"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_teacher_and_student_taps_are_the_same_cells_row_for_row(distill_setup):
+    """Same grid and strides: every tapped level pools the input points into the same cells in both models."""
+    cfg, batch = distill_setup
+    module = _module(cfg).train()
+    step = module.distill_step(batch)
+    for name in ("enc4",):
+        s, t = step.student["taps"][name].index, step.teacher["taps"][name].index  # (N,) cell of each point
+        pairs = torch.unique(torch.stack([s, t], 1), dim=0)
+        assert len(pairs) == len(torch.unique(s)) == len(torch.unique(t))  # a bijection between their cells

@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def teacher_home(cfg: DictConfig) -> Path:
-    """Registry folder of the teacher for this dataset and teacher architecture."""
+    """Registry folder of the teacher for this dataset, teacher architecture and number of epochs."""
     key = {
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "teacher": OmegaConf.to_container(cfg.model.teacher, resolve=True),
+        "epochs": cfg.teacher_epochs,
     }
     for name in ("datamodule", "tta"):  # loader and test-time settings do not change the teacher
         key["dataset"].pop(name, None)
@@ -40,7 +41,7 @@ def fit(cfg: DictConfig) -> dict:
     module = instantiate(cfg.stage.module)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = instantiate(cfg.trainer, max_epochs=cfg.stage.max_epochs, callbacks=callbacks, logger=loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
     checkpoint = trainer.checkpoint_callback
     # Spawned DDP children do not send best_model_score back; the last logged value stands in for it.

@@ -5,7 +5,8 @@ For every seed it trains the no-KD student (`stage=student`) and the KD student 
 data order and the augmentation, which all come from the seed alone. Each run is scored on the test split
 (`test=true`, its best-on-val checkpoint) and, on val, against the teacher: argmax agreement and
 KL(teacher ‖ student) at T = 1, per original point. It prints per-seed mIoU, the per-seed differences
-KD − no-KD with their mean and 95 % t-interval, and writes kd_gain.csv, kd_gain.md and kd_gain.png.
+KD − no-KD with their mean and 95 % t-interval, and writes kd_gain.csv (a row as each run ends),
+kd_gain.md and kd_gain.png. `--summarize DIR` redoes the tables and the plot from a (partial) kd_gain.csv.
 
 Runs are `train.py` processes, `--jobs` at a time with `--threads` torch threads each (two one-thread
 jobs use a 2-core machine better than one two-thread job, and never oversubscribe it).
@@ -17,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,10 +79,14 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
     # The project's data and teacher registry (under PTDISTILL_ROOT or the repository), this benchmark's runs.
     base = [*overrides, f"paths.root_dir={os.environ.get('PTDISTILL_ROOT', ROOT)}", "test=true"]
     cfg = compose_train(base)
-    teacher = teacher_home(cfg) / "teacher.ckpt"
+    teacher = Path(cfg.stage.teacher_checkpoint or teacher_home(cfg) / "teacher.ckpt")
     if not teacher.exists():  # trained once, before the arms, so that parallel arms share it
         run_train([*base, "stage=teacher"], out / "teacher", threads * jobs)
-    arms = [(seed, arm) for seed in seeds for arm in [BASELINE, *rows]]
+    # Row by row, so that an interrupted benchmark still holds every seed of its first rows.
+    arms = [(seed, arm) for seed in seeds for arm in (BASELINE, rows[0])]
+    arms += [(seed, arm) for arm in rows[1:] for seed in seeds]
+    log = out / "kd_gain.csv"
+    lock = threading.Lock()
 
     def one(seed_arm):
         seed, arm = seed_arm
@@ -88,35 +94,62 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
         metrics = run_train([*base, *arm_overrides(arm), f"seed={seed}"], out / f"seed{seed}" / arm.replace("+", "_"), threads)
         torch.set_num_threads(threads)
         scores = teacher_agreement(metrics["checkpoint"], str(teacher), compose_train([*base, f"seed={seed}"]))
-        return {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
-                **scores, "seconds": time.perf_counter() - start}
+        row = {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
+               **scores, "seconds": time.perf_counter() - start}
+        with lock, log.open("a", newline="") as f:  # each run as it ends
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if f.tell() == 0:
+                writer.writeheader()
+            writer.writerow(row)
+        return row
 
+    out.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
     with ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(one, arms))
 
 
+def read_results(path: Path) -> list[dict]:
+    """kd_gain.csv back as rows (possibly from an unfinished benchmark)."""
+    with path.open() as f:
+        return [{k: v if k == "arm" else int(v) if k == "seed" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> str:
-    """Markdown: per-seed mIoU of each arm, then each row's paired difference from the no-KD arm."""
+    """Markdown: per-seed mIoU of each arm, then each row's paired difference from the no-KD arm over the
+    seeds that have both."""
     seeds = sorted({r["seed"] for r in results})
     value = {(r["seed"], r["arm"]): r for r in results}
     arms = [BASELINE, *rows]
+
+    def cell(seed, arm):
+        return f"{value[(seed, arm)][metric]:.2f}" if (seed, arm) in value else ""
+
+    def gain(seed, arm):
+        both = (seed, arm) in value and (seed, BASELINE) in value
+        return f"{value[(seed, arm)][metric] - value[(seed, BASELINE)][metric]:+.2f}" if both else ""
+
     lines = ["| seed | " + " | ".join(arms) + " | " + " | ".join(f"{a} − {BASELINE}" for a in rows) + " |",
              "|" + "---|" * (1 + len(arms) + len(rows))]
     for seed in seeds:
-        cells = [f"{value[(seed, a)][metric]:.2f}" for a in arms]
-        cells += [f"{value[(seed, a)][metric] - value[(seed, BASELINE)][metric]:+.2f}" for a in rows]
-        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    lines += ["", f"| row | mean {metric} difference | 95 % t-interval | n | val agreement with teacher | val KL(T‖S) |",
-              "|---|---|---|---|---|---|"]
+        lines.append(f"| {seed} | " + " | ".join([*(cell(seed, a) for a in arms), *(gain(seed, a) for a in rows)]) + " |")
+    lines += ["", f"| row | mean {metric} | paired difference from {BASELINE} | 95 % t-interval | n "
+              "| val agreement with teacher | val KL(T‖S) |", "|---|---|---|---|---|---|---|"]
     for arm in arms:
-        agreement = sum(value[(s, arm)]["agreement"] for s in seeds) / len(seeds)
-        kl = sum(value[(s, arm)]["kl_teacher_student"] for s in seeds) / len(seeds)
-        if arm == BASELINE:
-            lines.append(f"| {arm} (no KD) | — | — | {len(seeds)} | {100 * agreement:.2f} % | {kl:.4f} |")
+        mine = [s for s in seeds if (s, arm) in value]
+        if not mine:
             continue
-        d = paired_difference([value[(s, arm)][metric] for s in seeds], [value[(s, BASELINE)][metric] for s in seeds])
-        lines.append(f"| {arm} | {d['mean']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | {d['n']} "
-                     f"| {100 * agreement:.2f} % | {kl:.4f} |")
+        mean = sum(value[(s, arm)][metric] for s in mine) / len(mine)
+        agreement = sum(value[(s, arm)]["agreement"] for s in mine) / len(mine)
+        kl = sum(value[(s, arm)]["kl_teacher_student"] for s in mine) / len(mine)
+        paired = [s for s in mine if (s, BASELINE) in value]
+        if arm == BASELINE or not paired:
+            diff, interval, n = "—", "—", len(mine)
+        else:
+            d = paired_difference([value[(s, arm)][metric] for s in paired], [value[(s, BASELINE)][metric] for s in paired])
+            diff, interval, n = f"{d['mean']:+.2f}", f"[{d['low']:+.2f}, {d['high']:+.2f}]", d["n"]
+        name = f"{arm} (no KD)" if arm == BASELINE else arm
+        lines.append(f"| {name} | {mean:.2f} | {diff} | {interval} | {n} | {100 * agreement:.2f} % | {kl:.4f} |")
     return "\n".join(lines)
 
 
@@ -126,7 +159,7 @@ def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_m
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(arms), 3.2))
     for seed in sorted({r["seed"] for r in results}):
         by_arm = {r["arm"]: r[metric] for r in results if r["seed"] == seed}
-        ax.plot(range(len(arms)), [by_arm[a] for a in arms], marker="o", label=f"seed {seed}")
+        ax.plot(range(len(arms)), [by_arm.get(a, float("nan")) for a in arms], marker="o", label=f"seed {seed}")
     ax.set_xticks(range(len(arms)), [f"{a}\n(no KD)" if a == BASELINE else a for a in arms])
     ax.set_ylabel(metric.replace("_", " ") + " (%)")
     ax.set_title("KD gain, paired seeds")
@@ -144,14 +177,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("overrides", nargs="*", default=["experiment=kd_gain"], help="train.py overrides of every run")
+    parser.add_argument("--summarize", type=Path, default=None, help="only tabulate DIR/kd_gain.csv")
     args = parser.parse_args()
+    if args.summarize:
+        results = read_results(args.summarize / "kd_gain.csv")
+        rows = [arm for arm in args.rows if any(r["arm"] == arm for r in results)]
+        text = summary(results, rows)
+        (args.summarize / "kd_gain.md").write_text(text + "\n")
+        print(text)
+        plot(results, rows, args.summarize / "kd_gain.png")
+        return
     out = (args.out or ROOT / "outputs" / "kd_gain" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     start = time.perf_counter()
     results = run_benchmark(list(range(args.seeds)), args.rows, args.overrides, out, args.jobs, args.threads)
-    with (out / "kd_gain.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(results[0]))
-        writer.writeheader()
-        writer.writerows(results)
     text = summary(results, args.rows)
     text += f"\n\nWall time: {time.perf_counter() - start:.0f} s, {args.jobs} jobs × {args.threads} threads."
     (out / "kd_gain.md").write_text(text + "\n")

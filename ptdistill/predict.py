@@ -1,12 +1,12 @@
-"""Per-point labels of one LiDAR scan from an exported student, without the training stack.
+"""Per-point labels of one LiDAR scan from an exported torch student, without the training stack.
 
     ptdistill-predict SCAN --model ARTIFACT --out LABELS [--device cpu]
 
-SCAN: a SemanticKITTI `.bin` (float32 x, y, z, remission), a nuScenes `.pcd.bin` (float32 x, y, z,
-intensity 0-255, ring; strength = intensity / 255) or a `.npy` array (N, 3) or (N, 4) (x, y, z
-[, strength]). The scan is grid-sampled as in evaluation, the student labels every voxel, and every
-original point gets its voxel's label. LABELS: `.label` (uint32, SemanticKITTI's layout) or `.npy`
-(int64), holding the class index (0-based, in the artifact's `class_names` order).
+The console script is `ptdistill.deploy.cli:main` (also `main` here): it sends an `.onnx` model to
+`ptdistill.deploy.onnx_predict` (onnxruntime, no torch) and anything else here. Scan and label files:
+`ptdistill.deploy.scan` (re-exported here). The scan is grid-sampled as in evaluation, the student
+labels every voxel, and every original point gets its voxel's label (the class index, 0-based, in
+the artifact's `class_names` order).
 
 ARTIFACT (written by `python evaluate.py task=export`) is a weights-only torch file: the student's
 class (from an allow-list) and constructor arguments, its state dict, class names and grid size.
@@ -14,10 +14,10 @@ Not torch.export or TorchScript: PTv3's forward is data-dependent Python (input
 checks, `unique`, neighbour search by `searchsorted`, split sizes and patch layouts from `.tolist()`),
 which torch.export cannot trace (`GuardOnDataDependentSymNode` at the first check) and TorchScript
 cannot compile (dataclasses, cached neighbour maps). So the artifact rebuilds the model from this
-package's plain-PyTorch code, which imports neither Hydra nor Lightning.
+package's plain-PyTorch code, which imports neither Hydra nor Lightning. (The ONNX export,
+`ptdistill.deploy.onnx_student`, moves that index work out of the graph into numpy instead.)
 """
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,19 +27,26 @@ import torch
 from torch import nn
 
 from ptdistill.data.collate import collate
-from ptdistill.data.dataset import check_scan
-from ptdistill.data.errors import BadSampleError
 from ptdistill.data.transforms import Compose, ConcatFeatures, GridSample
+from ptdistill.deploy.cli import main
+from ptdistill.deploy.scan import (
+    LABEL_DTYPES,
+    NUSCENES_INTENSITY_MAX,
+    SCAN_FIELDS,
+    label_dtype,
+    read_scan,
+    write_labels,
+)
 from ptdistill.errors import UserError
 from ptdistill.models.ptv3.segmentor import PTv3Segmentor
+
+__all__ = ["ARTIFACT_FORMAT", "LABEL_DTYPES", "MODEL_CLASSES", "NUSCENES_INTENSITY_MAX", "SCAN_FIELDS", "Student",
+           "build_student", "label_dtype", "load_artifact", "main", "predict", "predict_file", "read_scan",
+           "write_labels"]
 
 ARTIFACT_FORMAT = "ptdistill-student/1"
 # The only classes an artifact may name: loading never imports or runs anything else.
 MODEL_CLASSES = {"ptdistill.models.ptv3.segmentor.PTv3Segmentor": PTv3Segmentor}
-# float32 fields per point of the binary scans: x, y, z, strength first.
-SCAN_FIELDS = {".pcd.bin": 5, ".bin": 4}
-NUSCENES_INTENSITY_MAX = 255.0
-LABEL_DTYPES = {".label": np.uint32, ".npy": np.int64}
 
 
 @dataclass
@@ -67,6 +74,11 @@ def load_artifact(path: str | Path, device: str = "cpu") -> Student:
     if not isinstance(artifact, dict) or artifact.get("format") != ARTIFACT_FORMAT:
         raise UserError(f"{path} is not a ptdistill student artifact ({ARTIFACT_FORMAT}); "
                         "write one with `python evaluate.py task=export ckpt_path=...`")
+    return build_student(artifact, path, device)
+
+
+def build_student(artifact: dict, path: str | Path, device: str = "cpu") -> Student:
+    """The eval-mode student of an artifact's content (`export.student_artifact`); `path` names it in errors."""
     model_class = MODEL_CLASSES.get(artifact["model_class"])
     if model_class is None:
         raise UserError(f"{path} names model class {artifact['model_class']!r}, not one of {sorted(MODEL_CLASSES)}")
@@ -79,43 +91,6 @@ def load_artifact(path: str | Path, device: str = "cpu") -> Student:
     except (TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: its model arguments or state dict do not build a student: {error}") from None
     return Student(model.to(device).eval(), list(artifact["class_names"]), float(artifact["grid_size"]))
-
-
-def read_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """coord (N, 3) float32 metres and strength (N, 1) float32 in [0, 1], None for an x, y, z array."""
-    path = Path(path)
-    suffix = ".pcd.bin" if path.name.endswith(".pcd.bin") else path.suffix
-    if suffix not in (*SCAN_FIELDS, ".npy"):
-        raise UserError(f"{path}: unknown scan type {suffix!r}; expected .bin (SemanticKITTI), "
-                        ".pcd.bin (nuScenes) or .npy")
-    if not path.is_file():
-        raise UserError(f"scan {path} does not exist")
-    points = _read_npy(path) if suffix == ".npy" else _read_binary(path, SCAN_FIELDS[suffix])
-    coord = np.ascontiguousarray(points[:, :3], dtype=np.float32)
-    strength = points[:, 3:4].astype(np.float32) if points.shape[1] > 3 else None
-    if strength is not None and suffix == ".pcd.bin":
-        strength /= NUSCENES_INTENSITY_MAX
-    check_scan(coord, np.zeros((len(coord), 1)) if strength is None else strength, path)
-    return coord, strength
-
-
-def _read_binary(path: Path, fields: int) -> np.ndarray:
-    size = path.stat().st_size
-    if size % (4 * fields):
-        raise BadSampleError(f"{path}: size {size} B is not a multiple of the {4 * fields}-byte point record "
-                             f"({fields} float32): the file is truncated or of another format")
-    return np.fromfile(path, dtype=np.float32).reshape(-1, fields)
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    try:
-        points = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise BadSampleError(f"{path}: not a readable .npy array: {error}") from None
-    if points.ndim != 2 or points.shape[1] not in (3, 4) or not np.issubdtype(points.dtype, np.number):
-        raise BadSampleError(f"{path}: expected a numeric (N, 3) or (N, 4) array (x, y, z [, strength]), "
-                             f"got {points.dtype} {points.shape}")
-    return points
 
 
 @torch.inference_mode()
@@ -149,41 +124,6 @@ def predict_file(student: Student, path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: the student reads x, y, z and strength; this array has x, y, z only "
                         "(give an (N, 4) array)")
     return predict(student, coord, strength)
-
-
-def label_dtype(path: Path) -> type[np.integer]:
-    if path.suffix not in LABEL_DTYPES:
-        raise UserError(f"{path}: unknown label file type {path.suffix!r}; use .label (uint32) or .npy")
-    return LABEL_DTYPES[path.suffix]
-
-
-def write_labels(path: str | Path, labels: np.ndarray) -> None:
-    """`.label`: raw uint32 per point (SemanticKITTI's layout); `.npy`: an int64 array."""
-    path = Path(path)
-    labels = labels.astype(label_dtype(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".npy":
-        np.save(path, labels)
-    else:
-        labels.tofile(path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ptdistill-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scan", type=Path, help="a .bin (SemanticKITTI), .pcd.bin (nuScenes) or .npy scan")
-    parser.add_argument("--model", type=Path, required=True, help="a student artifact from evaluate.py task=export")
-    parser.add_argument("--out", type=Path, required=True, help="labels to write: .label (uint32) or .npy")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    args = parser.parse_args(argv)
-    try:
-        label_dtype(args.out)  # a bad --out fails before the work, not after
-        labels = predict_file(load_artifact(args.model, args.device), args.scan)
-        write_labels(args.out, labels)
-    except (UserError, ValueError) as error:  # ValueError: the model refusing the scan, e.g. a too large extent
-        print(f"ptdistill-predict: error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {len(labels)} labels to {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BASELINE = "student"  # the no-KD arm
 
 
-def arm_overrides(arm: str) -> list[str]:
-    return ["stage=student"] if arm == BASELINE else [f"loss={arm}"]
+def arm_overrides(arm: str, teacher: Path) -> list[str]:
+    return ["stage=student"] if arm == BASELINE else [f"loss={arm}", f"stage.teacher_checkpoint={teacher}"]
 
 
 def run_train(overrides: list[str], run_dir: Path, threads: int) -> dict:
@@ -74,12 +74,13 @@ def teacher_agreement(student_checkpoint: str, teacher_checkpoint: str, cfg: Dic
     return {"agreement": agree / points, "kl_teacher_student": kl / points}
 
 
-def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: Path, jobs: int, threads: int) -> list[dict]:
-    """Train and score every (seed, arm); the rows of kd_gain.csv."""
+def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: Path, jobs: int, threads: int,
+                  teacher: Path | None = None) -> list[dict]:
+    """Train and score every (seed, arm) against `teacher` (default: the registered one, trained first if
+    missing); the rows of kd_gain.csv."""
     # The project's data and teacher registry (under PTDISTILL_ROOT or the repository), this benchmark's runs.
     base = [*overrides, f"paths.root_dir={os.environ.get('PTDISTILL_ROOT', ROOT)}", "test=true"]
-    cfg = compose_train(base)
-    teacher = Path(cfg.stage.teacher_checkpoint or teacher_home(cfg) / "teacher.ckpt")
+    teacher = teacher or teacher_home(compose_train(base)) / "teacher.ckpt"
     if not teacher.exists():  # trained once, before the arms, so that parallel arms share it
         run_train([*base, "stage=teacher"], out / "teacher", threads * jobs)
     # Row by row, so that an interrupted benchmark still holds every seed of its first rows.
@@ -91,7 +92,7 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
     def one(seed_arm):
         seed, arm = seed_arm
         start = time.perf_counter()
-        metrics = run_train([*base, *arm_overrides(arm), f"seed={seed}"], out / f"seed{seed}" / arm.replace("+", "_"), threads)
+        metrics = run_train([*base, *arm_overrides(arm, teacher), f"seed={seed}"], out / f"seed{seed}" / arm.replace("+", "_"), threads)
         torch.set_num_threads(threads)
         scores = teacher_agreement(metrics["checkpoint"], str(teacher), compose_train([*base, f"seed={seed}"]))
         row = {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("overrides", nargs="*", default=["experiment=kd_gain"], help="train.py overrides of every run")
+    parser.add_argument("--teacher", type=Path, default=None, help="a stage-1 teacher checkpoint (default: the registry's)")
     parser.add_argument("--summarize", type=Path, default=None, help="only tabulate DIR/kd_gain.csv")
     args = parser.parse_args()
     if args.summarize:
@@ -189,7 +191,7 @@ def main() -> None:
         return
     out = (args.out or ROOT / "outputs" / "kd_gain" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     start = time.perf_counter()
-    results = run_benchmark(list(range(args.seeds)), args.rows, args.overrides, out, args.jobs, args.threads)
+    results = run_benchmark(list(range(args.seeds)), args.rows, args.overrides, out, args.jobs, args.threads, args.teacher)
     text = summary(results, args.rows)
     text += f"\n\nWall time: {time.perf_counter() - start:.0f} s, {args.jobs} jobs × {args.threads} threads."
     (out / "kd_gain.md").write_text(text + "\n")

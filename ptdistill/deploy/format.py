@@ -14,3 +14,4 @@ CLASS_NAMES_KEY = "ptdistill.class_names"  # JSON list, the logits' order
 GRID_SIZE_KEY = "ptdistill.grid_size"  # metres, as a decimal string
 LEARNING_MAP_INV_KEY = "ptdistill.learning_map_inv"  # JSON {class index: raw label id}; absent if none
 MODEL_CONFIG_KEY = "ptdistill.model_config"  # JSON: the student's _target_ and constructor arguments
+ATTENTION_KEY = "ptdistill.attention"  # "ort" (com.microsoft.MultiHeadAttention) or "onnx" (standard ops)

@@ -82,9 +82,13 @@ def encode(grid_coord: np.ndarray, batch: np.ndarray, depth: int, order: str) ->
     return batch.astype(np.int64) << 3 * depth | key
 
 
-def sort_codes(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """code (O, N) -> order (O, N) (rows along each curve, stable) and inverse (O, N), its inverse."""
-    order = np.argsort(code, axis=1, kind="stable")
+def sort_codes(code: np.ndarray, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """code (O, N) -> order (O, N) (rows along each curve, stable) and inverse (O, N), its inverse.
+
+    Only the orders in `rows` (default: all) are sorted; the others get the identity."""
+    order = np.broadcast_to(np.arange(code.shape[1]), code.shape).copy()
+    for o in range(len(code)) if rows is None else rows:
+        order[o] = np.argsort(code[o], kind="stable")
     inverse = np.empty_like(order)
     np.put_along_axis(inverse, order, np.broadcast_to(np.arange(code.shape[1]), order.shape), axis=1)
     return order, inverse
@@ -116,8 +120,12 @@ def sample_index(offset: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(offset), dtype=np.int64), counts)
 
 
-def first_level(grid_coord: np.ndarray, offset: np.ndarray, orders) -> Level:
-    """Level 0, as `PointBatch.from_batch` serializes it (adaptive depth, codes sorted per order)."""
+def first_level(grid_coord: np.ndarray, offset: np.ndarray, orders, used: set[int] | None = None) -> Level:
+    """Level 0, as `PointBatch.from_batch` serializes it (adaptive depth, codes sorted per order).
+
+    `used`: the order indices anything will read (default: all). Pooling reads the first order's
+    codes, so it is always computed; the codes of the other unused orders are left 0 and their orders
+    the identity: placeholders that save the Hilbert encoding and sorts nobody reads."""
     grid_coord = np.asarray(grid_coord, dtype=np.int64)
     offset = np.asarray(offset, dtype=np.int64)
     batch = sample_index(offset)
@@ -125,12 +133,18 @@ def first_level(grid_coord: np.ndarray, offset: np.ndarray, orders) -> Level:
     if depth > MAX_DEPTH:
         raise ValueError(f"grid_coord reaches {int(grid_coord.max())}, beyond the {2**MAX_DEPTH - 1} that "
                          "serialization supports; use a coarser grid or crop the scene")
-    code = np.stack([encode(grid_coord, batch, depth, o) for o in orders])
-    order, inverse = sort_codes(code)
+    used = _used_rows(orders, used)
+    code = np.stack([encode(grid_coord, batch, depth, order) if o in used else np.zeros(len(batch), np.int64)
+                     for o, order in enumerate(orders)])
+    order, inverse = sort_codes(code, used)
     return Level(grid_coord, batch, offset, code, order, inverse, depth)
 
 
-def pool(level: Level, levels: int) -> Level:
+def _used_rows(orders, used: set[int] | None) -> list[int]:
+    return sorted(range(len(orders)) if used is None else {0} | set(used))
+
+
+def pool(level: Level, levels: int, used: list[int] | None = None) -> Level:
     """The next level, as `SerializedPooling` (eval) builds it: merge `levels` octree levels."""
     levels = levels if levels <= level.depth else 0  # Pointcept stops at the coarsest level
     code = level.code >> 3 * levels
@@ -138,17 +152,19 @@ def pool(level: Level, levels: int) -> Level:
     cluster = cluster.reshape(-1)
     batch = level.batch[head]
     code = code[:, head]
-    order, inverse = sort_codes(code)
+    order, inverse = sort_codes(code, used)
     offset = np.cumsum(np.bincount(batch, minlength=len(level.offset))).astype(np.int64)
     return Level(level.grid_coord[head] >> levels, batch, offset, code, order, inverse, level.depth - levels,
                  cluster=cluster.astype(np.int64), head=head.astype(np.int64))
 
 
-def build_levels(grid_coord: np.ndarray, offset: np.ndarray, orders, pool_levels) -> list[Level]:
-    """Level 0 and one level per pooling (`pool_levels`: octree levels merged by each)."""
-    levels = [first_level(grid_coord, offset, orders)]
+def build_levels(grid_coord: np.ndarray, offset: np.ndarray, orders, pool_levels,
+                 used: set[int] | None = None) -> list[Level]:
+    """Level 0 and one level per pooling (`pool_levels`: octree levels merged by each); `used`: see
+    `first_level`."""
+    levels = [first_level(grid_coord, offset, orders, used)]
     for merged in pool_levels:
-        levels.append(pool(levels[-1], merged))
+        levels.append(pool(levels[-1], merged, _used_rows(orders, used)))
     return levels
 
 
@@ -185,17 +201,22 @@ def build_kernel_map(grid_coord: np.ndarray, batch: np.ndarray, kernel_size: int
     along_z = np.arange(k)
     centre = k**3 // 2
     in_index, out_index, offsets = [], [], []
+    position = np.empty(len(key), dtype=np.int64)
     for column in range(k * k):
         dx, dy = divmod(column, k)
-        window = key + ((dx - radius) * extent[1] + dy - radius) * extent[2] - radius
-        position = np.searchsorted(sorted_key, window)[:, None] + along_z  # (N, k)
-        dz = padded_key[position] - window[:, None]
+        shift = ((dx - radius) * extent[1] + dy - radius) * extent[2] - radius
+        window = key + shift  # (N,) lowest key of each site's column window
+        # The same search as torch's, with the queries in sorted order (numpy's binary search is much
+        # faster on sorted queries), then put back in row order.
+        position[perm] = np.searchsorted(sorted_key, sorted_key + shift)
+        position_z = position[:, None] + along_z  # (N, k) candidates
+        dz = padded_key[position_z] - window[:, None]
         site, j = np.nonzero(dz < k)  # row-major: by site, then j
         offset = column * k + dz[site, j]
         keep = offset != centre
         offset = offset[keep]
         group_order = np.argsort(offset, kind="stable")
-        in_index.append(perm[position[site, j][keep][group_order]])
+        in_index.append(perm[position_z[site, j][keep][group_order]])
         out_index.append(site[keep][group_order])
         offsets.append(offset[group_order])
     counts = np.bincount(np.concatenate(offsets), minlength=k**3)
@@ -318,7 +339,8 @@ def chunk_bounds(patches: int, chunks: int) -> np.ndarray:
 def graph_inputs(feat: np.ndarray, grid_coord: np.ndarray, offset: np.ndarray, spec: GraphSpec) -> dict:
     """The exported graph's inputs, by name: feat (N, C) float32, the voxels grid_coord (N, 3) >= 0 (one
     per row, distinct within a sample), offset (B,) sample ends."""
-    levels = build_levels(grid_coord, offset, spec.orders, spec.pool_levels)
+    used = {o for orders in spec.level_orders for o in orders}
+    levels = build_levels(grid_coord, offset, spec.orders, spec.pool_levels, used)
     inputs = {"feat": np.ascontiguousarray(feat, dtype=np.float32)}
     for index, level in enumerate(levels):
         for k in spec.level_kernels[index]:

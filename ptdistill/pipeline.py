@@ -119,15 +119,16 @@ def train(cfg: DictConfig) -> float:
         _write_metrics(cfg, cfg.stage.name, result, rows=None)
         return result["val/mIoU"]
     teacher_checkpoint, teacher_miou = resolve_teacher(cfg)
-    rows = {"teacher": teacher_miou}
+    rows = {"teacher": {"val/mIoU": teacher_miou}}
     if cfg.stage.baseline:
-        rows["student (no KD)"] = fit(_compose_stage("student", "student"))["val/mIoU"]
+        rows["student (no KD)"] = fit(_compose_stage("student", "student"))
     with open_dict(cfg):
         cfg.model.teacher.checkpoint = teacher_checkpoint
     student = fit(cfg)
-    rows[f"student (KD, loss={cfg.loss.name})"] = student["val/mIoU"]
+    rows[f"student (KD, loss={cfg.loss.name})"] = student
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(comparison_table(rows))
+    rows = {name: {k: v for k, v in result.items() if k.endswith("mIoU")} for name, result in rows.items()}
     _write_metrics(cfg, cfg.loss.name, student, rows)
     return student["val/mIoU"]
 
@@ -143,7 +144,19 @@ def _write_metrics(cfg: DictConfig, row: str, result: dict, rows: dict | None) -
     (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(summary))
 
 
-def comparison_table(rows: dict[str, float | None]) -> str:
-    lines = ["| model | val mIoU |", "|---|---|"]
-    lines += [f"| {name} | {'n/a' if v is None else f'{100 * v:.2f}'} |" for name, v in rows.items()]
+def comparison_table(rows: dict[str, dict]) -> str:
+    """Markdown: val (and test, when run) mIoU of each model, then the KD student minus the no-KD one."""
+    metrics = [m for m in ("val/mIoU", "test/mIoU") if any(r.get(m) is not None for r in rows.values())]
+
+    def cell(value) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f}"
+
+    lines = ["| model | " + " | ".join(m.replace("/", " ") for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += [f"| {name} | " + " | ".join(cell(r.get(m)) for m in metrics) + " |" for name, r in rows.items()]
+    kd = [name for name in rows if name.startswith("student (KD")]
+    if "student (no KD)" in rows and kd:
+        base, student = rows["student (no KD)"], rows[kd[0]]
+        diffs = [f"{100 * (student[m] - base[m]):+.2f}" if student.get(m) is not None and base.get(m) is not None
+                 else "n/a" for m in metrics]
+        lines.append("| KD − no KD | " + " | ".join(diffs) + " |")
     return "\n".join(lines)

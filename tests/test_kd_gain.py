@@ -63,3 +63,15 @@ def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
     mean = (by[(0, "kld")] + by[(1, "kld")]) / 2
     assert f"| kld | {mean:.2f} | {d['mean']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | 2 |" in result.stdout
     assert (out / "kd_gain.png").stat().st_size > 1000 and (out / "kd_gain.md").exists()
+
+
+def test_demo_table_puts_the_kd_gain_beside_the_models():
+    from ptdistill.pipeline import comparison_table
+
+    rows = {"teacher": {"val/mIoU": 0.8},
+            "student (no KD)": {"val/mIoU": 0.60, "test/mIoU": 0.55},
+            "student (KD, loss=kld)": {"val/mIoU": 0.6525, "test/mIoU": 0.5812}}
+    lines = comparison_table(rows).splitlines()
+    assert lines[0] == "| model | val mIoU | test mIoU |"
+    assert lines[2] == "| teacher | 80.00 | n/a |"
+    assert lines[-1] == f"| KD − no KD | {100 * (0.6525 - 0.60):+.2f} | {100 * (0.5812 - 0.55):+.2f} |"

@@ -5,7 +5,8 @@
 - `export.format=torch` (default): `student.pt`, a weights-only torch file (the format and why it is
   not torch.export or TorchScript: `ptdistill.predict`);
 - `export.format=onnx`: `student.onnx`, the eval forward as an ONNX graph (opset 18, dynamic point
-  counts) that onnxruntime runs without torch after numpy preprocessing (`ptdistill.deploy`). Its
+  counts) that onnxruntime runs without torch after numpy preprocessing (`ptdistill.deploy`;
+  `export.onnx_attention`: onnxruntime's fused attention kernel, or standard ops for other runtimes). Its
   metadata_props hold the format version, class names, grid size, the dataset's learning_map_inv
   (when it has one), the model config and the graph's input spec (`ptdistill.deploy.format`). The
   export is checked against the PyTorch student on a synthetic scan before it is reported written.
@@ -88,7 +89,7 @@ def export_onnx_student(cfg: DictConfig, artifact: dict, out: Path) -> Path:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise UserError("export.format=onnx needs onnx and onnxruntime: pip install 'ptdistill[onnx]'") from None
-    from ptdistill.deploy.onnx_student import check_export, export_onnx, student_metadata
+    from ptdistill.deploy.onnx_student import ATTENTION, check_export, export_onnx, student_metadata
 
     student = build_student(artifact, cfg.ckpt_path)
     learning_map_inv = cfg.dataset.get("learning_map_inv")
@@ -96,7 +97,10 @@ def export_onnx_student(cfg: DictConfig, artifact: dict, out: Path) -> Path:
         learning_map_inv = OmegaConf.to_container(learning_map_inv, resolve=True)
     model_config = {"_target_": artifact["model_class"], **_plain(artifact["model_args"])}
     metadata = student_metadata(model_config, student.class_names, student.grid_size, learning_map_inv)
-    export_onnx(student.model, out, metadata)
+    attention = cfg.export.get("onnx_attention", "ort")
+    if attention not in ATTENTION:
+        raise UserError(f"export.onnx_attention={attention!r}: choose one of {list(ATTENTION)}")
+    export_onnx(student.model, out, metadata, attention=attention)
     error, agreement = check_export(student.model, out, ONNX_CHECK_POINTS)
     if not error <= ONNX_CHECK_TOLERANCE:
         out.unlink()

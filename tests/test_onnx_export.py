@@ -76,6 +76,24 @@ def test_onnxruntime_equals_the_torch_student(tiny, points, seed):
     assert logits.std(axis=0).min() > 0.01  # logits that vary from point to point
 
 
+@pytest.fixture(scope="module")
+def tiny_standard(tiny, tmp_path_factory):
+    """The tiny student exported with standard ops only (attention="onnx": MatMul + Softmax in 8 slices)."""
+    model, predictor = tiny
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny_standard.onnx",
+                       student_metadata({}, predictor.class_names, 0.05, None), attention="onnx")
+    return model, load_onnx(path)
+
+
+@pytest.mark.parametrize("points, seed", [(90, 1), (2500, 3)])
+def test_the_standard_ops_graph_equals_the_torch_student(tiny, tiny_standard, points, seed):
+    model, predictor = tiny_standard
+    assert_same_logits(predictor, model, lidar_like_batch(num_points=points, grid_size=0.05, seed=seed))
+    domains = {path: {node.domain for node in onnx.load(str(path)).graph.node}
+               for path in (tiny[1].path, predictor.path)}
+    assert domains[predictor.path] <= {"", "ai.onnx"} and "com.microsoft" in domains[tiny[1].path]
+
+
 def test_several_scans_in_one_batch(tiny):
     """Scans of at least a patch each share one run; a short scan beside them is refused (patches of one
     length per level is what the graph reshapes)."""
@@ -187,6 +205,9 @@ def test_export_refuses_a_bad_format_or_path(exported):
         export_student(cfg)
     cfg.export.format, cfg.export.path = "torch", "student.onnx"
     with pytest.raises(UserError, match="needs export.format=onnx"):
+        export_student(cfg)
+    cfg.export.format, cfg.export.onnx_attention = "onnx", "flash"
+    with pytest.raises(UserError, match="export.onnx_attention='flash'"):
         export_student(cfg)
 
 

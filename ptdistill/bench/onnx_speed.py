@@ -125,11 +125,13 @@ def measure(points: int, runs: int, threads: int, grid_size: float, onnx_path: s
     }
 
 
-def format_table(results: dict[int, dict], threads: int, runs: int) -> str:
-    lines = [f"## Paper student (2.78M parameters) on CPU, {threads} threads: median of {runs} runs after a warm-up",
+def format_table(results: dict[int, dict], threads: int, runs: int, model: str = "ptv3", params: int | None = None) -> str:
+    size = f", {params / 1e6:.2f}M parameters" if params else ""
+    title = f"## The student of conf/model/{model}.yaml{size} on CPU, {threads} threads: median of {runs} runs"
+    lines = [f"{title} after a warm-up",
              "",
-             "| voxels | runtime | latency (ms) | of which numpy preprocessing (ms) | peak memory (MiB) | "
-             "process peak RSS (MiB) |",
+             ("| voxels | runtime | latency (ms) | of which numpy preprocessing (ms) | peak memory (MiB) | "
+              "process peak RSS (MiB) |"),
              "|---:|---|---:|---:|---:|---:|"]
     for points, by_runtime in results.items():
         for runtime, r in by_runtime.items():
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         for points in args.points:
             results[points] = measure(points, args.runs, args.threads, args.grid_size, str(path), config,
                                       state_dict)
-    print(format_table(results, args.threads, args.runs))
+    print(format_table(results, args.threads, args.runs, args.model, sum(p.numel() for p in model.parameters())))
     return results
 
 

@@ -11,7 +11,7 @@ from `feat` plus the index arrays of `structure_np.graph_inputs`, with export-fr
   alone, Pointcept's quirk kept by the torch model;
 - attention: Gather of the padded patch rows (P, L), qkv, then softmax(q kᵀ · scale) v per patch and
   head, by onnxruntime's fused `com.microsoft.MultiHeadAttention` kernel (`attention="ort"`, the
-  default: blockwise, about 2x faster and without the (P, heads, L, L) weights in memory) or by
+  default: blockwise, faster, and without the (P, heads, L, L) weights in memory) or by
   standard MatMul/Softmax on (patches, heads, L, d) in `attention_chunks` slices of patches
   (`attention="onnx"`, for other runtimes); Gather back to rows;
 - LayerNorm, BatchNorm (eval statistics), GELU, Linear as they are.
@@ -29,6 +29,7 @@ writes `student.onnx` (`ptdistill.export`), with the metadata of `ptdistill.depl
 
 import io
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class _PatchAttention(torch.autograd.Function):
 
     In ONNX, onnxruntime's fused `com.microsoft.MultiHeadAttention` CPU kernel: it attends in blocks
     (flash attention), so the (P, heads, L, L) weights are never whole, and it is about twice as fast
-    as MatMul + Softmax + MatMul in onnxruntime."""
+    as MatMul + Softmax + MatMul in onnxruntime on one (8, 1024, 64) block."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: float) -> Tensor:
@@ -238,11 +239,17 @@ class OnnxStudent(nn.Module):
 
 
 def example_batch(in_channels: int, num_points: int = 3000, seed: int = 0) -> dict[str, Tensor]:
-    """A synthetic LiDAR-like scan as a collated batch (feat: x, y, z [, strength])."""
-    from ptdistill.bench.ptv3_speed import lidar_like_batch
-
-    batch = lidar_like_batch(num_points=num_points, grid_size=0.1, seed=seed)
-    return {**batch, "feat": batch["feat"][:, :in_channels]}
+    """A synthetic scan as a collated batch: `num_points` distinct 0.1 m voxels drawn in a flat box
+    (about half of it occupied, so convolutions have neighbours), feat x, y, z [, strength]."""
+    rng = np.random.default_rng(seed)
+    side = max(8, math.ceil(math.sqrt(2 * num_points / 6)))
+    box = (side, side, 6)
+    flat = rng.choice(side * side * 6, size=min(num_points, side * side * 6), replace=False)
+    grid_coord = np.stack(np.unravel_index(flat, box), axis=1).astype(np.int64)
+    coord = (grid_coord + rng.uniform(0, 1, grid_coord.shape)) * 0.1 - np.array([side * 0.05, side * 0.05, 1.7])
+    feat = np.concatenate([coord, rng.uniform(0, 1, (len(coord), 1))], axis=1)[:, :in_channels]
+    return {"coord": torch.from_numpy(coord).float(), "grid_coord": torch.from_numpy(grid_coord),
+            "feat": torch.from_numpy(feat).float(), "offset": torch.tensor([len(coord)])}
 
 
 def batch_inputs(batch: dict[str, Tensor], spec: GraphSpec) -> dict[str, np.ndarray]:
@@ -251,7 +258,7 @@ def batch_inputs(batch: dict[str, Tensor], spec: GraphSpec) -> dict[str, np.ndar
 
 
 def example_inputs(spec: GraphSpec, num_points: int = 3000, seed: int = 0) -> dict[str, np.ndarray]:
-    """Graph inputs of a synthetic LiDAR-like scan, for tracing."""
+    """Graph inputs of a synthetic scan (`example_batch`), for tracing."""
     return batch_inputs(example_batch(spec.in_channels, num_points, seed), spec)
 
 

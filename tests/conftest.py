@@ -38,6 +38,28 @@ def compose_config(tmp_path: Path, *overrides: str, config: str = "train") -> Di
     return cfg
 
 
+def fabricated_student_checkpoint(cfg: DictConfig, path: Path) -> torch.nn.Module:
+    """A train.py-style checkpoint of `cfg.model.student` at `path`, its BatchNorm statistics and seg head
+    perturbed so that it is not at its initialisation; returns the model (eval mode)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg.model.student, resolve=True)
+    torch.manual_seed(0)
+    model = instantiate(config)
+    for name, buffer in model.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            buffer.uniform_(0.5, 1.5)
+    torch.nn.init.normal_(model.seg_head.weight, std=3.0)
+    checkpoint = {
+        "hyper_parameters": {"model": config, "num_classes": cfg.dataset.num_classes,
+                             "class_names": list(cfg.dataset.class_names)},
+        "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+    }
+    torch.save(checkpoint, path)
+    return model.eval()
+
+
 @pytest.fixture
 def one_thread():
     """For tiny clouds one thread is as fast as two, and immune to other processes holding the cores."""

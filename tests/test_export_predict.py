@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, fabricated_student_checkpoint
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from ptdistill.bench.ptv3_speed import lidar_like_batch
 from ptdistill.data.collate import collate
@@ -38,21 +37,9 @@ def exported(tmp_path_factory):
     are perturbed so that it is not at its initialisation and labels points differently."""
     tmp_path = tmp_path_factory.mktemp("export")
     cfg = compose_config(tmp_path, "task=export", f"export.path={tmp_path}/student.pt", config="evaluate")
-    model_config = OmegaConf.to_container(cfg.model.student, resolve=True)
-    torch.manual_seed(0)
-    model = instantiate(model_config)
-    for name, buffer in model.named_buffers():
-        if name.endswith(("running_mean", "running_var")):
-            buffer.uniform_(0.5, 1.5)
-    torch.nn.init.normal_(model.seg_head.weight, std=3.0)
-    checkpoint = {
-        "hyper_parameters": {"model": model_config, "num_classes": cfg.dataset.num_classes,
-                             "class_names": list(cfg.dataset.class_names)},
-        "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
-    }
-    torch.save(checkpoint, tmp_path / "last.ckpt")
+    model = fabricated_student_checkpoint(cfg, tmp_path / "last.ckpt")
     cfg.ckpt_path = str(tmp_path / "last.ckpt")
-    return cfg, export_student(cfg), model.eval()
+    return cfg, export_student(cfg), model
 
 
 def eager_labels(cfg, model, points: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, fabricated_student_checkpoint
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -139,19 +139,7 @@ def exported(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("export")
     cfg = compose_config(tmp_path, "task=export", "export.format=onnx", f"export.path={tmp_path}/student.onnx",
                          config="evaluate")
-    config = OmegaConf.to_container(cfg.model.student, resolve=True)
-    torch.manual_seed(0)
-    model = instantiate(config)
-    for name, buffer in model.named_buffers():
-        if name.endswith(("running_mean", "running_var")):
-            buffer.uniform_(0.5, 1.5)
-    torch.nn.init.normal_(model.seg_head.weight, std=3.0)
-    checkpoint = {
-        "hyper_parameters": {"model": config, "num_classes": cfg.dataset.num_classes,
-                             "class_names": list(cfg.dataset.class_names)},
-        "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
-    }
-    torch.save(checkpoint, tmp_path / "last.ckpt")
+    fabricated_student_checkpoint(cfg, tmp_path / "last.ckpt")
     cfg.ckpt_path = str(tmp_path / "last.ckpt")
     onnx_path = export_student(cfg)
     torch_cfg = copy.deepcopy(cfg)

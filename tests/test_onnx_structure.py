@@ -6,8 +6,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptdistill.data.dataset import check_scan as torch_module_check_scan
-from ptdistill.data.errors import BadSampleError
 from ptdistill.data.transforms import GridSample
 from ptdistill.deploy import scan as scan_np
 from ptdistill.deploy import structure_np
@@ -140,25 +138,6 @@ def test_grid_sample_matches_the_evaluation_transform(seed, n, grid_size):
     np.testing.assert_array_equal(grid_coord, expected["grid_coord"])
     np.testing.assert_array_equal(coord[keep], expected["coord"])
     np.testing.assert_array_equal(inverse, expected["inverse"])
-
-
-@pytest.mark.parametrize("case", ["empty", "nan coordinate", "inf strength", "fine"])
-def test_check_scan_matches_the_datasets(case, tmp_path):
-    coord, strength = np.zeros((5, 3), np.float32), np.zeros((5, 1), np.float32)
-    if case == "empty":
-        coord, strength = coord[:0], strength[:0]
-    elif case == "nan coordinate":
-        coord[3, 1] = np.nan
-    elif case == "inf strength":
-        strength[2] = np.inf
-    messages = []
-    for check in (scan_np.check_scan, torch_module_check_scan):
-        try:
-            check(coord, strength, tmp_path / "scan.bin")
-            messages.append(None)
-        except BadSampleError as error:
-            messages.append(str(error))
-    assert messages[0] == messages[1] and (messages[0] is None) == (case == "fine")
 
 
 def test_graph_spec_round_trips_and_names_inputs():

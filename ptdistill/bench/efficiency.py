@@ -14,15 +14,13 @@ Each model is measured in its own spawned process, so that peak memories do not 
   on CPU (Linux), the process's peak resident set (VmHWM, reset through /proc/self/clear_refs
   before the model is built) above its resident set then, so it holds what max_memory_allocated
   holds (weights, input, live activations) and not the interpreter and libraries, with glibc set
-  to unmap freed tensors at once (`_unmap_freed_tensors`); the whole process's peak is reported too;
+  to unmap freed tensors at once (`memory.unmap_freed_blocks`); the whole process's peak is reported too;
 - operators: one profiled forward (`torch.profiler`), self time and self memory per operator;
 - parameters and FLOPs: `flops.count_model` (on CPU, see there how sparse conv and attention count).
 
 Writes `efficiency_<dataset>.md` and `.json` in the run directory and prints the Markdown.
 """
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import math
@@ -39,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
 from ptdistill.bench.flops import ModelCount, count_model
+from ptdistill.bench.memory import proc_status_mib, reset_peak_rss, unmap_freed_blocks
 from ptdistill.bench.ptv3_speed import lidar_like_batch, points_per_stage
 from ptdistill.data.collate import collate
 from ptdistill.data.errors import DatasetNotFoundError
@@ -86,17 +85,6 @@ class Measurement:
         return 1.0 / statistics.mean(self.latency_s)
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def _unmap_freed_tensors() -> None:
-    """glibc keeps freed blocks of up to 32 MiB in its heap for reuse (its mmap threshold grows as
-    large blocks are freed), so the resident set would also hold dead tensors. With the threshold
-    fixed at 128 KiB every tensor is mapped and unmapped on its own, and the peak resident set follows
-    live memory. It slows the forward down (about 1.4x seen here), so latency is timed in another process."""
-    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-
-
 def _model_and_batch(model_config: dict, state_dict: dict | None, batch: dict, device: str) -> tuple:
     model = instantiate(model_config)
     if state_dict is not None:
@@ -112,8 +100,8 @@ def measure_memory(model_config: dict, state_dict: dict | None, batch: dict, dev
         torch.set_num_threads(threads)
     on_gpu = device.startswith("cuda")
     if not on_gpu:
-        _unmap_freed_tensors()
-    resident_before = _reset_peak_rss()
+        unmap_freed_blocks()
+    resident_before = reset_peak_rss()
     model, batch = _model_and_batch(model_config, state_dict, batch, device)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
@@ -121,7 +109,7 @@ def measure_memory(model_config: dict, state_dict: dict | None, batch: dict, dev
         model(batch)
     if on_gpu:
         return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / MIB, "process_peak_mib": None}
-    process_peak = _proc_status_mib("VmHWM")
+    process_peak = proc_status_mib("VmHWM")
     return {"peak_memory_mib": process_peak - resident_before, "process_peak_mib": process_peak}
 
 
@@ -152,20 +140,6 @@ def measure(model_config: dict, state_dict: dict | None, batch: dict, device: st
     ]
     return Measurement(latency, sum(op.self_time_ms for op in ops), "CUDA" if on_gpu else "CPU", ops,
                        count_model(model, batch))
-
-
-def _proc_status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: resident set; VmHWM: its peak), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak_rss() -> float:
-    """Reset the process's peak resident set to the current one (Linux); return the current one, in MiB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _proc_status_mib("VmRSS")
 
 
 def run_isolated(function, *args):

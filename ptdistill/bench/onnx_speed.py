@@ -19,8 +19,6 @@ spinning-LiDAR scans of `--points` voxels (`ptv3_speed.lidar_like_batch`, grid 0
 """
 
 import argparse
-import ctypes
-import ctypes.util
 import statistics
 import tempfile
 import time
@@ -28,30 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ptdistill.bench.memory import proc_status_mib, reset_peak_rss, unmap_freed_blocks
 from ptdistill.deploy.onnx_predict import load_onnx
 from ptdistill.deploy.structure_np import graph_inputs
 
 MIB = 2**20
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 # --- the onnxruntime side: spawned processes that never import torch ----------------------------
-
-def _unmap_freed_blocks() -> None:
-    """efficiency._unmap_freed_tensors: every block above 128 KiB mapped and unmapped on its own."""
-    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-
-
-def _proc_status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak_rss() -> float:
-    Path("/proc/self/clear_refs").write_text("5")
-    return _proc_status_mib("VmRSS")
 
 
 def _onnx_forward(predictor, scan: dict[str, np.ndarray]) -> np.ndarray:
@@ -76,10 +58,10 @@ def onnx_latency(path: str, scan: dict[str, np.ndarray], threads: int, runs: int
 
 def onnx_memory(path: str, scan: dict[str, np.ndarray], threads: int) -> dict[str, float]:
     """Peak memory of opening the session and one run (see the module docstring)."""
-    _unmap_freed_blocks()
-    resident_before = _reset_peak_rss()
+    unmap_freed_blocks()
+    resident_before = reset_peak_rss()
     _onnx_forward(load_onnx(path, threads), scan)
-    process_peak = _proc_status_mib("VmHWM")
+    process_peak = proc_status_mib("VmHWM")
     return {"peak_memory_mib": process_peak - resident_before, "process_peak_mib": process_peak}
 
 

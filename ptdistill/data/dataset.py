@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from ptdistill.data.errors import BadSampleError, SkippedSamples
+from ptdistill.data.errors import BadSampleError, SkippedSamples, check_scan  # noqa: F401 (the readers' import)
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,6 @@ class LearningMap:
             unknown = np.unique(raw[~known])
             raise BadSampleError(f"{path}: label ids {unknown[:10].tolist()} are not in the learning map")
         return self._table[raw]
-
-
-def check_scan(coord: np.ndarray, strength: np.ndarray, path: Path) -> None:
-    """Raise BadSampleError naming `path` for an empty scan or NaN/Inf values. coord (N, 3), strength (N, 1)."""
-    if len(coord) == 0:
-        raise BadSampleError(f"{path}: empty scan (no points)")
-    for name, values in (("coordinates", coord), ("strengths", strength)):
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
-            count, first = np.count_nonzero(~finite), np.argmin(finite)
-            raise BadSampleError(f"{path}: NaN or Inf {name} in {count} points (the first is point {first})")
 
 
 class LidarDataset(Dataset):

@@ -1,7 +1,9 @@
-"""Bad dataset files: the error that names them, and the record of samples skipped because of one."""
+"""Bad dataset files: the error that names them, the scan check that raises it (numpy only, so that the
+torch-free ONNX predictor shares it), and the record of samples skipped because of one."""
 
 import ctypes
 import multiprocessing
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +16,17 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 
 class BadSampleError(UserError, ValueError):
     """A scan that cannot be used. The message starts with the offending file and says what is wrong."""
+
+
+def check_scan(coord: np.ndarray, strength: np.ndarray, path: Path) -> None:
+    """Raise BadSampleError naming `path` for an empty scan or NaN/Inf values. coord (N, 3), strength (N, 1)."""
+    if len(coord) == 0:
+        raise BadSampleError(f"{path}: empty scan (no points)")
+    for name, values in (("coordinates", coord), ("strengths", strength)):
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            count, first = np.count_nonzero(~finite), np.argmin(finite)
+            raise BadSampleError(f"{path}: NaN or Inf {name} in {count} points (the first is point {first})")
 
 
 class SkippedSamples:

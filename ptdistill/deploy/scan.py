@@ -4,33 +4,22 @@ SCAN: a SemanticKITTI `.bin` (float32 x, y, z, remission), a nuScenes `.pcd.bin`
 intensity 0-255, ring; strength = intensity / 255) or a `.npy` array (N, 3) or (N, 4) (x, y, z
 [, strength]). LABELS: `.label` (uint32, SemanticKITTI's layout) or `.npy` (int64).
 
-`check_scan` and `grid_sample` repeat `ptdistill.data.dataset.check_scan` and the evaluation branch of
-`ptdistill.data.transforms.GridSample` line for line: those modules import torch (its `Dataset`),
-which the ONNX predictor must not. tests/test_onnx_structure.py checks that they agree.
+`grid_sample` repeats the evaluation branch of `ptdistill.data.transforms.GridSample`: that module
+imports torch, which the ONNX predictor must not. tests/test_onnx_structure.py checks that they agree.
+The scan check is the datasets' own (`ptdistill.data.errors.check_scan`, numpy only).
 """
 
 from pathlib import Path
 
 import numpy as np
 
-from ptdistill.data.errors import BadSampleError  # numpy only
+from ptdistill.data.errors import BadSampleError, check_scan  # numpy only
 from ptdistill.errors import UserError
 
 # float32 fields per point of the binary scans: x, y, z, strength first.
 SCAN_FIELDS = {".pcd.bin": 5, ".bin": 4}
 NUSCENES_INTENSITY_MAX = 255.0
 LABEL_DTYPES = {".label": np.uint32, ".npy": np.int64}
-
-
-def check_scan(coord: np.ndarray, strength: np.ndarray, path: Path) -> None:
-    """Raise BadSampleError naming `path` for an empty scan or NaN/Inf values. coord (N, 3), strength (N, 1)."""
-    if len(coord) == 0:
-        raise BadSampleError(f"{path}: empty scan (no points)")
-    for name, values in (("coordinates", coord), ("strengths", strength)):
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
-            count, first = np.count_nonzero(~finite), np.argmin(finite)
-            raise BadSampleError(f"{path}: NaN or Inf {name} in {count} points (the first is point {first})")
 
 
 def read_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -156,3 +156,21 @@ def test_giotto_backend_agrees_with_gudhi():
     x = cloud(40, 3, 6).requires_grad_()
     for a, b in zip(rips_diagrams(x, backend="giotto"), rips_diagrams(x)):
         assert np.array_equal(np.sort(a.detach().numpy(), 0), np.sort(b.detach().numpy(), 0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 80), st.integers(1, 6), st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_h0_fast_path_equals_gudhi_values_and_gradients(n, c, duplicates, seed):
+    """dims=(0,) runs Prim's minimum spanning tree instead of gudhi: the same diagram, the same critical edges."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=g, dtype=torch.float64)
+    x[1 : 1 + min(duplicates, n - 1)] = x[0]  # coincident points: zero-length edges
+    fast = x.clone().requires_grad_()
+    full = x.clone().requires_grad_()
+    (h0,) = rips_diagrams(fast, (0,))
+    h0_full, _ = rips_diagrams(full, (0, 1))  # gudhi computes this one
+    assert torch.equal(h0.sort(0).values, h0_full.sort(0).values)
+    weights = torch.rand(len(h0), generator=g, dtype=torch.float64)
+    (h0.sort(0).values[:, 1] * weights).sum().backward()
+    (h0_full.sort(0).values[:, 1] * weights).sum().backward()
+    torch.testing.assert_close(fast.grad, full.grad)

@@ -1,4 +1,4 @@
-"""The config contract of DESIGN.md that outside tools rely on."""
+"""The config contract that outside tools rely on (docs/architecture.md): groups, instantiable models, sizes."""
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -19,6 +19,7 @@ def test_bev_image_paints_each_point_in_its_class_colour():
     assert not np.array_equal(image[40, 40], image[50, 60])
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_wandb_offline_run_logs_terms_and_media(tiny_config, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")

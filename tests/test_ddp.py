@@ -3,6 +3,7 @@
 import math
 
 import lightning as L
+import pytest
 from hydra.utils import instantiate
 
 from ptdistill.evaluation import module_from_checkpoint
@@ -12,6 +13,7 @@ from ptdistill.pipeline import fit
 COMMON = ("loss=kld", "trainer.max_epochs=1", "+trainer.num_sanity_val_steps=0")
 
 
+@pytest.mark.slow
 def test_ddp_simulation_distils_and_agrees_with_one_process(tiny_config):
     ddp_cfg = tiny_config(*COMMON, "trainer=ddp_sim", "dataset.datamodule.batch_size=1")
     ddp = fit(ddp_cfg)

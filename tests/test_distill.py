@@ -93,6 +93,7 @@ def test_checkpoint_holds_the_student_only(distill_setup):
     module.load_state_dict(checkpoint["state_dict"])  # strict: the teacher keys are put back
 
 
+@pytest.mark.slow
 def test_resumed_distillation_reaches_the_uninterrupted_state(tiny_config):
     """Interrupted after epoch 1 and resumed from last.ckpt, topo+grad distillation ends bit-identical
     (student weights, optimizer and skip counters), since the teacher, TPS and sampler are all replayed."""

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, TINY
 
 
@@ -16,6 +17,7 @@ def _train(tmp_path, *overrides):
     return result
 
 
+@pytest.mark.slow
 def test_distillation_trains_the_missing_teacher_then_reuses_it(tmp_path):
     first = _train(tmp_path, "loss=kld", "stage.baseline=true")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -29,6 +31,7 @@ def test_distillation_trains_the_missing_teacher_then_reuses_it(tmp_path):
     assert "Reusing the stage-1 teacher" in second.log and "training the teacher first" not in second.log
 
 
+@pytest.mark.slow
 def test_multirun_from_any_folder_writes_one_run_per_job(tmp_path):
     """`train.py -m` resolves its sweep folder before Hydra's runtime config exists: paths must not need it."""
     args = [*TINY, "trainer.max_epochs=1", f"paths.data_dir={tmp_path.parent}/data", "stage=teacher", "seed=0,1"]

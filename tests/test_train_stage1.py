@@ -8,14 +8,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from omegaconf import open_dict
 
 from ptdistill.data.semantickitti import SemanticKITTIDataset
 from ptdistill.evaluation import evaluate_iou, load_checkpoint, module_from_checkpoint
 from ptdistill.modules.metrics import FullResolutionIoU
 from ptdistill.pipeline import fit, teacher_home
-
-from conftest import ROOT
 
 
 class Interrupt(L.Callback):
@@ -29,6 +28,7 @@ def _weights(path):
     return {k: v for k, v in load_checkpoint(path)["state_dict"].items()}
 
 
+@pytest.mark.slow
 def test_teacher_stage_trains_registers_and_resumes_exactly(tiny_config):
     # Deterministic kernels: with 2 threads some CPU reductions otherwise differ in the last bits.
     cfg = tiny_config("stage=teacher", "trainer.deterministic=true")

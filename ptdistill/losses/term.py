@@ -23,7 +23,8 @@ class DistillStep:
 
 
 class DistillationTerm(nn.Module):
-    """One λ·L of Eq. 8. `forward(step)` returns the unweighted L; the module applies `weight` (λ).
+    """One λ·L of Eq. 8. A subclass's `forward(step: DistillStep) -> Tensor` returns the unweighted L (a
+    scalar); `DistillModule` applies `weight` (λ).
 
     taps: the layers whose features the term compares (none for logit terms). A feature term with no
     tap would compare nothing, so it is refused.
@@ -41,6 +42,3 @@ class DistillationTerm(nn.Module):
                              "e.g. taps=[enc4]; to leave the term out, choose a loss= option without it")
         if not self.feature_term and self.taps:
             raise ValueError(f"taps={list(self.taps)}: this term compares logits and taps no layer")
-
-    def forward(self, step: DistillStep) -> torch.Tensor:
-        raise NotImplementedError

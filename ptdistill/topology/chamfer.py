@@ -44,8 +44,9 @@ def pwcd(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> tor
             raise ValueError(f"pwcd: {name} diagram has NaN or Inf entries (drop essential pairs first)")
     teacher = teacher.to(student.dtype)
     weight = torch.log1p((teacher[:, 1] - teacher[:, 0]).clamp(min=0))  # (M,)
-    recall = (weight * _nearest_cost(teacher, student)).sum() / (weight.sum() + eps)
-    return recall + _nearest_cost(student, teacher).sum() / max(len(student), 1)
+    recall = (weight * _nearest_cost(teacher, student)).sum() / (weight.sum() + eps)  # Eq. 2
+    precision = _nearest_cost(student, teacher).sum() / max(len(student), 1)  # Eq. 3
+    return recall + precision
 
 
 def chamfer(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:

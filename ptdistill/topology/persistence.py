@@ -110,8 +110,9 @@ class _Routing:
 
 
 def _critical_edges(length: np.ndarray, m: int, values: np.ndarray, tie_tol: float):
-    """Critical edges (E, 2), their value index (E,) and tie weight (E,) for the sorted distinct diagram values
-    (Q,), looked up among the condensed (pdist-order) edge lengths of a cloud of m points."""
+    """Alg. 3 (critical-edge routing): critical edges (E, 2), their value index (E,) and tie weight (E,) for the
+    sorted distinct diagram values (Q,), looked up among the condensed (pdist-order) edge lengths of a cloud
+    of m points; tied maximiser edges share a value's gradient uniformly."""
     q = len(values)
     # Candidates: edges within tie_tol of some value (two binary searches per edge).
     near = np.searchsorted(values, length - tie_tol) < np.searchsorted(values, length + tie_tol, side="right")

@@ -15,7 +15,7 @@ spinning-LiDAR scans of `--points` voxels (`ptv3_speed.lidar_like_batch`, grid 0
   libraries are imported) above the resident set then, with glibc unmapping freed blocks at once;
   it holds the weights, the input and the live activations (onnxruntime: also its arena and the
   graph optimisation at session start). The whole process's peak is listed too. The onnxruntime
-  process never imports torch, as in deployment (its helpers repeat efficiency.py's few lines).
+  process never imports torch, as in deployment (`bench/memory.py` holds the helpers both sides use).
 """
 
 import argparse

@@ -26,7 +26,7 @@ def test_train_config_composes_every_group(tiny_config):
     assert cfg.stage.name == "distill" and cfg.dataset.name == "synthetic"
 
 
-@pytest.mark.parametrize("experiment", ["demo", "table7_cpu", "table7"])
+@pytest.mark.parametrize("experiment", ["demo", "kd_gain", "table7_cpu", "table7", "table7_authors"])
 def test_every_table7_row_builds_under_every_experiment(tiny_config, experiment):
     """An experiment's settings must not leave a half-defined term when `loss=` leaves its term out."""
     for loss, terms in TABLE7_TERMS.items():

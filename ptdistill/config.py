@@ -4,6 +4,7 @@ checked against the signatures of what they instantiate."""
 import difflib
 import functools
 import inspect
+import threading
 import typing
 from pathlib import Path
 
@@ -15,18 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 from ptdistill.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+_HYDRA = threading.Lock()  # Hydra's global state holds one initialised config dir at a time
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
     """The config `train.py <overrides>` would run, without Hydra's runtime keys."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with _HYDRA, initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 
 def model_config(name: str, in_channels: int = 4, num_classes: int = 16) -> DictConfig:
     """{dataset: {in_channels, num_classes}, model: conf/model/<name>.yaml}: `cfg.model.teacher` and
     `cfg.model.student` instantiate alone, without a dataset config."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with _HYDRA, initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         model = OmegaConf.to_container(compose(overrides=[f"+model={name}"]).model)
     return OmegaConf.create({"dataset": {"in_channels": in_channels, "num_classes": num_classes}, "model": model})
 

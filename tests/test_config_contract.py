@@ -35,3 +35,14 @@ def test_every_table7_row_builds_under_every_experiment(tiny_config, experiment)
         assert set(module.terms) == terms, (experiment, loss)
         if "topo" in terms:
             assert module.terms["topo"].loss.num_samples == cfg.topo_samples
+
+
+def test_configs_compose_from_several_threads_at_once():
+    """The KD-gain driver composes configs from its worker threads; Hydra's global state allows one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ptdistill.config import compose_train
+
+    with ThreadPoolExecutor(4) as pool:
+        configs = list(pool.map(lambda seed: compose_train([f"seed={seed}"]), range(8)))
+    assert [cfg.seed for cfg in configs] == list(range(8))

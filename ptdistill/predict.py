@@ -119,10 +119,7 @@ def predict(student: Student, coord: np.ndarray, strength: np.ndarray | None) ->
 
 def predict_file(student: Student, path: str | Path) -> np.ndarray:
     """labels (N,) of every point of the scan file `path` (see the module docstring)."""
-    coord, strength = read_scan(path)
-    if strength is None and student.in_channels == 4:
-        raise UserError(f"{path}: the student reads x, y, z and strength; this array has x, y, z only "
-                        "(give an (N, 4) array)")
+    coord, strength = read_scan(path, student.in_channels)
     return predict(student, coord, strength)
 
 

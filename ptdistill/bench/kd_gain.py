@@ -80,7 +80,8 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
     missing); the rows of kd_gain.csv."""
     # The project's data and teacher registry (under PTDISTILL_ROOT or the repository), this benchmark's runs.
     base = [*overrides, f"paths.root_dir={os.environ.get('PTDISTILL_ROOT', ROOT)}", "test=true"]
-    teacher = teacher or teacher_home(compose_train(base)) / "teacher.ckpt"
+    cfg = compose_train(base)  # the dataset config of every arm's scoring
+    teacher = teacher or teacher_home(cfg) / "teacher.ckpt"
     if not teacher.exists():  # trained once, before the arms, so that parallel arms share it
         run_train([*base, "stage=teacher"], out / "teacher", threads * jobs)
     # Row by row, so that an interrupted benchmark still holds every seed of its first rows.
@@ -94,7 +95,7 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
         start = time.perf_counter()
         metrics = run_train([*base, *arm_overrides(arm, teacher), f"seed={seed}"], out / f"seed{seed}" / arm.replace("+", "_"), threads)
         torch.set_num_threads(threads)
-        scores = teacher_agreement(metrics["checkpoint"], str(teacher), compose_train([*base, f"seed={seed}"]))
+        scores = teacher_agreement(metrics["checkpoint"], str(teacher), cfg)
         row = {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
                **scores, "seconds": time.perf_counter() - start}
         with lock, log.open("a", newline="") as f:  # each run as it ends

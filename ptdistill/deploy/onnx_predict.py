@@ -134,8 +134,5 @@ def predict(predictor: OnnxPredictor, coord: np.ndarray, strength: np.ndarray | 
 
 def predict_file(predictor: OnnxPredictor, path: str | Path) -> np.ndarray:
     """labels (N,) of every point of the scan file `path` (see `ptdistill.deploy.scan`)."""
-    coord, strength = read_scan(path)
-    if strength is None and predictor.in_channels == 4:
-        raise UserError(f"{path}: the student reads x, y, z and strength; this array has x, y, z only "
-                        "(give an (N, 4) array)")
+    coord, strength = read_scan(path, predictor.in_channels)
     return predict(predictor, coord, strength)

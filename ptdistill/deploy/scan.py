@@ -22,8 +22,9 @@ NUSCENES_INTENSITY_MAX = 255.0
 LABEL_DTYPES = {".label": np.uint32, ".npy": np.int64}
 
 
-def read_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """coord (N, 3) float32 metres and strength (N, 1) float32 in [0, 1], None for an x, y, z array."""
+def read_scan(path: str | Path, in_channels: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """coord (N, 3) float32 metres and strength (N, 1) float32 in [0, 1], None for an x, y, z array;
+    a model of `in_channels` 4 (x, y, z, strength) refuses an x, y, z array."""
     path = Path(path)
     suffix = ".pcd.bin" if path.name.endswith(".pcd.bin") else path.suffix
     if suffix not in (*SCAN_FIELDS, ".npy"):
@@ -37,6 +38,9 @@ def read_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     if strength is not None and suffix == ".pcd.bin":
         strength /= NUSCENES_INTENSITY_MAX
     check_scan(coord, np.zeros((len(coord), 1)) if strength is None else strength, path)
+    if strength is None and in_channels == 4:
+        raise UserError(f"{path}: the student reads x, y, z and strength; this array has x, y, z only "
+                        "(give an (N, 4) array)")
     return coord, strength
 
 

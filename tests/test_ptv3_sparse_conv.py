@@ -77,6 +77,27 @@ def test_neighbour_maps_are_built_once_per_kernel_size():
     assert voxels.kernel_map(5) is not voxels.kernel_map(3)
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), num_samples=st.integers(1, 3), side=st.integers(1, 8),
+       density=st.floats(0.05, 0.9), sizes=st.sampled_from([(5, 3), (5, 1), (3, 1), (7, 3)]))
+def test_a_smaller_kernel_map_cut_from_a_larger_equals_its_own_build(seed, num_samples, side, density, sizes):
+    grid, batch = random_sites(seed, num_samples, side, density)
+    larger, smaller = sizes
+    cut = sparse_conv.restrict_kernel_map(sparse_conv.build_kernel_map(grid, batch, larger), larger, smaller)
+    built = sparse_conv.build_kernel_map(grid, batch, smaller)
+    assert (cut.offsets, cut.counts) == (built.offsets, built.counts)
+    assert torch.equal(cut.in_index, built.in_index) and torch.equal(cut.out_index, built.out_index)
+
+
+def test_a_level_cuts_its_smaller_kernel_maps_from_the_larger_one():
+    grid, batch = random_sites(2, 2, 6, 0.4)
+    voxels, fresh = VoxelSet(grid, batch, 2), VoxelSet(grid, batch, 2)
+    voxels.kernel_map(5)
+    conv = SubMConv3d(2, 3, 3).double()
+    feat = torch.randn(len(grid), 2, dtype=torch.double)
+    assert torch.equal(conv(feat, voxels), conv(feat, fresh))  # cut (from k5) and built maps, same output
+
+
 def test_duplicate_voxels_are_refused():
     grid = torch.tensor([[0, 0, 0], [1, 2, 3], [0, 0, 0]])
     with pytest.raises(ValueError, match="same voxel twice"):

@@ -172,7 +172,7 @@ def build_levels(grid_coord: np.ndarray, offset: np.ndarray, orders, pool_levels
 
 @dataclass
 class KernelMap:
-    """Off-centre neighbour pairs grouped by flat kernel offset, sites ascending within a group."""
+    """Off-centre neighbour pairs grouped by flat kernel offset, sites in key order within a group."""
 
     in_index: np.ndarray  # (P,) row read
     out_index: np.ndarray  # (P,) row written
@@ -187,7 +187,8 @@ class KernelMap:
 
 
 def build_kernel_map(grid_coord: np.ndarray, batch: np.ndarray, kernel_size: int) -> KernelMap:
-    """`sparse_conv.build_kernel_map` in numpy: k² binary searches over the sorted (sample, x, y, z) keys."""
+    """`sparse_conv.build_kernel_map` in numpy: k² binary searches of the sorted (sample, x, y, z) keys,
+    matches scattered by z offset; the same pairs in the same order."""
     k, radius = kernel_size, kernel_size // 2
     extent = (grid_coord.max(axis=0) + 2 * radius + 1).astype(np.int64)
     shifted = grid_coord.astype(np.int64) + radius
@@ -198,28 +199,23 @@ def build_kernel_map(grid_coord: np.ndarray, batch: np.ndarray, kernel_size: int
     if np.any(sorted_key[1:] == sorted_key[:-1]):
         raise ValueError("grid_coord holds the same voxel twice in a sample; grid-sample the points first")
     padded_key = np.concatenate([sorted_key, np.full(k, np.iinfo(np.int64).max, dtype=np.int64)])
-    along_z = np.arange(k)
-    centre = k**3 // 2
-    in_index, out_index, offsets = [], [], []
-    position = np.empty(len(key), dtype=np.int64)
+    along_z, rows = np.arange(k), np.arange(len(key))[:, None]
+    in_index, out_index, counts = [], [], []
     for column in range(k * k):
         dx, dy = divmod(column, k)
-        shift = ((dx - radius) * extent[1] + dy - radius) * extent[2] - radius
-        window = key + shift  # (N,) lowest key of each site's column window
-        # The same search as torch's, with the queries in sorted order (numpy's binary search is much
-        # faster on sorted queries), then put back in row order.
-        position[perm] = np.searchsorted(sorted_key, sorted_key + shift)
-        position_z = position[:, None] + along_z  # (N, k) candidates
-        dz = padded_key[position_z] - window[:, None]
-        site, j = np.nonzero(dz < k)  # row-major: by site, then j
-        offset = column * k + dz[site, j]
-        keep = offset != centre
-        offset = offset[keep]
-        group_order = np.argsort(offset, kind="stable")
-        in_index.append(perm[position_z[site, j][keep][group_order]])
-        out_index.append(site[keep][group_order])
-        offsets.append(offset[group_order])
-    counts = np.bincount(np.concatenate(offsets), minlength=k**3)
+        window = sorted_key + ((dx - radius) * extent[1] + dy - radius) * extent[2] - radius  # (N,) sorted
+        candidate = np.searchsorted(sorted_key, window)[:, None] + along_z  # (N, k) sorted positions
+        dz = np.minimum(padded_key[candidate] - window[:, None], k)  # (N, k) z offset + radius; k: no site
+        neighbour = np.full((len(key), k + 1), -1, dtype=np.int64)
+        neighbour[rows, dz] = candidate  # one site's dz are distinct; column k collects the misses
+        neighbour = neighbour[:, :k]
+        if column == k * k // 2:
+            neighbour[:, radius] = -1  # the centre offset is handled densely
+        z_offset, site = np.nonzero(neighbour.T >= 0)  # grouped by z offset, sites in key order
+        in_index.append(perm[neighbour[site, z_offset]])
+        out_index.append(perm[site])
+        counts.append(np.bincount(z_offset, minlength=k))
+    counts = np.concatenate(counts)
     groups = [(o, int(c)) for o, c in enumerate(counts) if c > 0]
     return KernelMap(np.concatenate(in_index).astype(np.int64), np.concatenate(out_index).astype(np.int64),
                      tuple(o for o, _ in groups), tuple(c for _, c in groups))

@@ -13,7 +13,7 @@ from ptdistill.models.ptv3.attention import PatchLayout
 from ptdistill.models.ptv3.pooling import SerializedPooling
 from ptdistill.models.ptv3.serialization import ORDERS, encode
 from ptdistill.models.ptv3.sparse_conv import build_kernel_map
-from ptdistill.models.ptv3.structure import PointBatch
+from ptdistill.models.ptv3.structure import Level, PointBatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -35,7 +35,7 @@ def voxel_batches(draw):
     return np.concatenate(coords).astype(np.int64), np.cumsum(counts).astype(np.int64)
 
 
-def torch_levels(grid_coord: np.ndarray, offset: np.ndarray, strides: list[int]) -> list[PointBatch]:
+def torch_levels(grid_coord: np.ndarray, offset: np.ndarray, strides: list[int]) -> list[Level]:
     """The torch model's levels: PointBatch.from_batch, then eval-mode SerializedPooling per stride."""
     n = len(grid_coord)
     batch = {"coord": torch.rand(n, 3), "grid_coord": torch.from_numpy(grid_coord), "feat": torch.rand(n, 2),
@@ -43,7 +43,7 @@ def torch_levels(grid_coord: np.ndarray, offset: np.ndarray, strides: list[int])
     levels = [PointBatch.from_batch(batch, 2, ORDERS, shuffle=False)]
     for stride in strides:
         levels.append(SerializedPooling(2, 2, stride).eval()(levels[-1]))
-    return levels
+    return [point.level for point in levels]
 
 
 def assert_same(actual: np.ndarray, expected: torch.Tensor, what: str) -> None:

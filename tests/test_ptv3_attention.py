@@ -86,7 +86,7 @@ def test_attention_equals_softmax_attention_within_each_patch(seed, counts, patc
     attn = SerializedAttention(8, num_heads=2, patch_size=patch_size, order_index=order_index).double()
     layout = attn.layout(point)
     patches = layout.gather.split(layout.cu_seqlens.diff().tolist())
-    expected = naive_attention(attn, point.feat, point.order[order_index], patches)
+    expected = naive_attention(attn, point.feat, point.curve(order_index)[0], patches)
     assert torch.allclose(attn(point.feat, point), expected, atol=1e-10)
 
 

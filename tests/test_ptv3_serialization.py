@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptdistill.models.ptv3.serialization import ORDERS, encode, hilbert_encode, sort_codes, z_order_encode
+from ptdistill.models.ptv3.structure import shuffled_curves
 
 
 def full_cube(depth: int) -> torch.Tensor:
@@ -71,21 +72,22 @@ def test_trans_orders_swap_x_and_y(seed, depth, curve):
 def test_samples_stay_contiguous_in_curve_order(seed, depth, order):
     grid = random_grid(seed, depth)
     batch = torch.randint(0, 5, (len(grid),), generator=torch.Generator().manual_seed(seed)).sort().values
-    _, sorted_rows, _ = sort_codes(encode(grid, batch, depth, order)[None], shuffle=False)
+    sorted_rows, _ = sort_codes(encode(grid, batch, depth, order)[None])
     assert torch.equal(batch[sorted_rows[0]], batch)
 
 
-def test_sort_codes_orders_and_inverts_and_shuffles_orders_together():
+def test_sort_codes_orders_and_inverts():
     code = torch.stack([torch.randperm(50), torch.randperm(50), torch.randperm(50)])
-    fixed_code, order, inverse = sort_codes(code, shuffle=False)
-    assert torch.equal(fixed_code, code)
+    order, inverse = sort_codes(code)
     assert (code.gather(1, order).diff(dim=1) > 0).all()
     assert torch.equal(order.gather(1, inverse), torch.arange(50).expand(3, 50))
+
+
+def test_shuffled_curves_permute_the_orders_only_when_asked():
+    assert shuffled_curves(4, shuffle=False) == (0, 1, 2, 3)
     torch.manual_seed(3)
-    shuffled_code, shuffled_order, shuffled_inverse = sort_codes(code, shuffle=True)
-    rows = [next(i for i in range(3) if torch.equal(code[i], c)) for c in shuffled_code]
-    assert sorted(rows) == [0, 1, 2]
-    assert torch.equal(shuffled_order, order[rows]) and torch.equal(shuffled_inverse, inverse[rows])
+    draws = {shuffled_curves(4, shuffle=True) for _ in range(20)}
+    assert all(sorted(d) == [0, 1, 2, 3] for d in draws) and len(draws) > 1
 
 
 def test_unknown_order_is_refused():

@@ -121,24 +121,26 @@ class SerializedAttention(nn.Module):
 
     def layout(self, point: PointBatch) -> PatchLayout:
         """The level's patch layout for this patch size, built once and shared by its blocks."""
-        if self.patch_size not in point.patch_layouts:
-            counts = point.offset.diff(prepend=point.offset.new_zeros(1)).tolist()
-            point.patch_layouts[self.patch_size] = PatchLayout.build(counts, self.patch_size, point.feat.device)
-        return point.patch_layouts[self.patch_size]
+        layouts, offset = point.level.patch_layouts, point.level.offset
+        if self.patch_size not in layouts:
+            counts = offset.diff(prepend=offset.new_zeros(1)).tolist()
+            layouts[self.patch_size] = PatchLayout.build(counts, self.patch_size, point.feat.device)
+        return layouts[self.patch_size]
 
     def forward(self, feat: Tensor, point: PointBatch) -> Tensor:
         """feat (N, C) at the level of `point` -> (N, C)."""
         layout = self.layout(point)
         # Rows are gathered in padded curve order before the row-wise qkv projection, so the copy is
         # (N_pad, C), not (N_pad, 3C).
-        rows = point.order[self.order_index][layout.gather]  # (N_pad,) row of feat in each padded slot
+        order, inverse = point.curve(self.order_index)  # (N,) rows along this block's curve, positions
+        rows = order[layout.gather]  # (N_pad,) row of feat in each padded slot
         if self.enable_flash and feat.is_cuda and flash_attn is not None:
             out = self._flash_attention(self.qkv(feat[rows]), layout)
         else:
             runs = layout.runs(None if torch.is_grad_enabled() else self.inference_chunk)
             out = [self._sdpa(self.qkv(feat[rows[start:stop]]), length) for start, stop, length in runs]
             out = out[0] if len(out) == 1 else torch.cat(out)  # (N_pad, C)
-        out = out[layout.scatter[point.inverse[self.order_index]]]  # (N, C) back in row order
+        out = out[layout.scatter[inverse]]  # (N, C) back in row order
         return self.proj_drop(self.proj(out))
 
     def _sdpa(self, qkv: Tensor, length: int) -> Tensor:

@@ -18,7 +18,7 @@ from ptdistill.models.ptv3.blocks import Block
 from ptdistill.models.ptv3.pooling import SerializedPooling, SerializedUnpooling, point_batch_norm
 from ptdistill.models.ptv3.serialization import ORDERS
 from ptdistill.models.ptv3.sparse_conv import SubMConv3d
-from ptdistill.models.ptv3.structure import PointBatch, Tap
+from ptdistill.models.ptv3.structure import Level, PointBatch, Tap
 
 
 class Embedding(nn.Module):
@@ -33,7 +33,7 @@ class Embedding(nn.Module):
         )
 
     def forward(self, point: PointBatch) -> PointBatch:
-        feat = self.stem.conv(point.feat, point.voxels)
+        feat = self.stem.conv(point.feat, point.level.voxels)
         return point.with_feat(self.stem.act(self.stem.norm(feat)))
 
 
@@ -119,15 +119,22 @@ class PointTransformerV3(nn.Module):
         """The tap names: "enc0".."enc4", then "dec3".."dec0"."""
         return tuple(name for name, _ in chain(self.enc.named_children(), self.dec.named_children()))
 
+    def structure(self, batch: Mapping) -> Level:
+        """The batch's input level, to share with another model of the same orders (`forward(structure=)`)."""
+        return Level.from_batch(batch, self.in_channels, self.order)
+
     def forward(
-        self, batch: Mapping, taps: Collection[str] = (), tap_grad: bool = False
+        self, batch: Mapping, taps: Collection[str] = (), tap_grad: bool = False, structure: Level | None = None
     ) -> tuple[PointBatch, dict[str, Tap]]:
         """Run a collated batch; return the full-resolution output level and the tapped stages.
 
         With `tap_grad`, a tapped feature that does not require grad (a frozen model) becomes a
         leaf that does, so `torch.autograd.grad(loss, tap.feat)` works for a frozen teacher too.
+        `structure`: this batch's input level from `self.structure` (of this or another model with the
+        same orders), whose geometry, pooled levels and kernel maps are then reused, not rebuilt.
         """
-        point = PointBatch.from_batch(batch, self.in_channels, self.order, self.shuffle_orders and self.training)
+        shuffle = self.shuffle_orders and self.training
+        point = PointBatch.from_batch(batch, self.in_channels, self.order, shuffle, structure)
         point = self.embedding(point)
         tapped = {}
         for name, stage in chain(self.enc.named_children(), self.dec.named_children()):

@@ -102,7 +102,7 @@ class Block(nn.Module):
 
     def forward(self, point: PointBatch) -> PointBatch:
         conv_feat = point.feat if point.conv_feat is None else point.conv_feat  # see SerializedUnpooling
-        feat = point.feat + self.cpe(conv_feat, point.voxels)
+        feat = point.feat + self.cpe(conv_feat, point.level.voxels)
         feat = self._residual(feat, lambda x: self.attn(x, point), self.norm1)
         feat = self._residual(feat, self.mlp, self.norm2)
         return point.with_feat(feat)

@@ -1,7 +1,6 @@
 """Serialized pooling and unpooling (PTv3 Sec. 3.3), Pointcept's `SerializedPooling`/`Unpooling`.
 
-Pooling with stride 2^s merges the points whose serialization codes agree above the lowest 3s
-bits: the points of one 2^s-voxel cell, since every curve order is hierarchical. Features are
+Pooling with stride 2^s merges the points of one 2^s-voxel cell (`Level.pooled`). Features are
 projected, max-reduced per cell, then BatchNorm + GELU; coordinates are averaged. Unpooling adds
 the projected coarse features to the projected skip features of the finer level.
 
@@ -12,9 +11,7 @@ the next block's CPE convolution reads the projected skip features alone (`conv_
 import torch
 from torch import nn
 
-from ptdistill.models.ptv3.serialization import sort_codes
-from ptdistill.models.ptv3.sparse_conv import VoxelSet
-from ptdistill.models.ptv3.structure import PointBatch
+from ptdistill.models.ptv3.structure import PointBatch, shuffled_curves
 
 
 def cell_max(feat: torch.Tensor, cluster: torch.Tensor, num_cells: int) -> torch.Tensor:
@@ -49,33 +46,14 @@ class SerializedPooling(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, point: PointBatch) -> PointBatch:
-        levels = self.levels if self.levels <= point.depth else 0  # Pointcept stops at the coarsest level
-        code = point.code >> 3 * levels  # (O, N)
-        _, cluster, counts = torch.unique(code[0], sorted=True, return_inverse=True, return_counts=True)
-        num_cells = len(counts)
-        rows = torch.arange(len(cluster), device=cluster.device)
-        head = torch.empty_like(counts).scatter_(0, cluster, rows)  # one row per cell; they share code and voxel
-
-        pooled = cell_max(self.proj(point.feat), cluster, num_cells)  # (num_cells, C_out)
-        coord = point.coord.new_zeros(num_cells, 3).index_add(0, cluster, point.coord) / counts[:, None]
-        grid_coord = point.grid_coord[head] >> levels
-        batch = point.batch[head]
-        code, order, inverse = sort_codes(code[:, head], shuffle=self.shuffle_orders and self.training)
-        num_samples = len(point.offset)
+        levels = self.levels if self.levels <= point.level.depth else 0  # Pointcept stops at the coarsest level
+        coarse = point.level.pooled(levels)
+        pooled = cell_max(self.proj(point.feat), coarse.pooling_inverse, len(coarse))  # (N_coarse, C_out)
         return PointBatch(
             feat=self.act(self.norm(pooled)),
-            coord=coord,
-            grid_coord=grid_coord,
-            batch=batch,
-            offset=torch.bincount(batch, minlength=num_samples).cumsum(0),
-            code=code,
-            order=order,
-            inverse=inverse,
-            depth=point.depth - levels,
-            index=cluster[point.index],
-            voxels=VoxelSet(grid_coord, batch, num_samples),
+            level=coarse,
+            curves=shuffled_curves(len(coarse.orders), self.shuffle_orders and self.training),
             parent=point,
-            pooling_inverse=cluster,
         )
 
 
@@ -93,4 +71,4 @@ class SerializedUnpooling(nn.Module):
         if parent is None:
             raise ValueError("SerializedUnpooling needs a point batch made by SerializedPooling")
         skip = self.proj_skip(parent.feat)
-        return parent.with_feat(skip + self.proj(point.feat)[point.pooling_inverse], conv_feat=skip)
+        return parent.with_feat(skip + self.proj(point.feat)[point.level.pooling_inverse], conv_feat=skip)

@@ -11,6 +11,7 @@ from torch import nn
 from ptdistill.models.ptv3.backbone import PointTransformerV3
 from ptdistill.models.ptv3.checkpoint import load_pointcept_checkpoint
 from ptdistill.models.ptv3.serialization import ORDERS
+from ptdistill.models.ptv3.structure import Level
 
 
 class PTv3Segmentor(nn.Module):
@@ -64,11 +65,18 @@ class PTv3Segmentor(nn.Module):
     def tap_names(self) -> tuple[str, ...]:
         return self.backbone.stage_names
 
-    def forward(self, batch: Mapping, taps: Collection[str] = (), tap_grad: bool = False) -> dict:
-        """batch: the collated dict (coord, grid_coord, feat, offset); taps: stage names to return."""
+    def structure(self, batch: Mapping) -> Level:
+        """The batch's serialized input level, which `forward(structure=)` of any PTv3 with the same curve
+        orders reuses with all its caches (the teacher and the student of one distillation step)."""
+        return self.backbone.structure(batch)
+
+    def forward(self, batch: Mapping, taps: Collection[str] = (), tap_grad: bool = False,
+                structure: Level | None = None) -> dict:
+        """batch: the collated dict (coord, grid_coord, feat, offset); taps: stage names to return;
+        structure: `self.structure(batch)` of this model or of one with the same orders."""
         taps = (taps,) if isinstance(taps, str) else taps
         unknown = sorted(set(taps) - set(self.tap_names))
         if unknown:
             raise ValueError(f"unknown taps {unknown}; this model has {list(self.tap_names)}")
-        point, tapped = self.backbone(batch, taps, tap_grad)
+        point, tapped = self.backbone(batch, taps, tap_grad, structure)
         return {"logits": self.seg_head(point.feat), "taps": tapped}

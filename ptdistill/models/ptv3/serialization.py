@@ -65,16 +65,11 @@ def encode(grid_coord: Tensor, batch: Tensor, depth: int, order: str) -> Tensor:
     return batch.long() << 3 * depth | key
 
 
-def sort_codes(code: Tensor, shuffle: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Orders of the serialized points: code (O, N) -> (code, order, inverse), each (O, N).
+def sort_codes(code: Tensor) -> tuple[Tensor, Tensor]:
+    """Orders of the serialized points: code (O, N) -> (order, inverse), each (O, N).
 
-    `order[o]` lists the rows in curve order o and `inverse[o]` is its inverse permutation. With
-    `shuffle`, the O orders are permuted (Pointcept's training-time order shuffling).
+    `order[o]` lists the rows in curve order o and `inverse[o]` is its inverse permutation.
     """
     order = torch.argsort(code, dim=1, stable=True)
     rows = torch.arange(code.shape[1], device=code.device).expand_as(order)
-    inverse = torch.empty_like(order).scatter_(1, order, rows)
-    if shuffle:
-        perm = torch.randperm(code.shape[0], device=code.device)
-        code, order, inverse = code[perm], order[perm], inverse[perm]
-    return code, order, inverse
+    return order, torch.empty_like(order).scatter_(1, order, rows)

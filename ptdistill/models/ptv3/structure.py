@@ -1,13 +1,14 @@
-"""The point batch that flows through PTv3: features plus everything its layers share per level.
+"""The point batch that flows through PTv3: features on a level, and the level's shared geometry.
 
-One `PointBatch` describes one resolution level of a collated batch (Pointcept's `Point`):
-features, voxel coordinates, serialization orders, the voxel set that sparse convolutions use
-and the attention patch layouts. Layers return a copy with new features (`with_feat`), so the
-per-level caches are built once and shared by every block of the level, encoder and decoder.
+A `Level` is one resolution level of a collated batch: voxel coordinates, serialization codes and
+orders, the voxel set that sparse convolutions use, the attention patch layouts and the pooling
+cells. A `PointBatch` (Pointcept's `Point`) is one model's features on a level. The geometry is
+built once per batch and shared: by every block of a level, encoder and decoder, and by every
+model with the same curve orders (a teacher and its student).
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -53,31 +54,39 @@ def one_point_per_cell(taps: Sequence[Tap], offset: Tensor) -> tuple[Tensor, Ten
     return points, torch.bincount(sample[points], minlength=len(offset)).cumsum(0)
 
 
-@dataclass(frozen=True)
-class PointBatch:
-    """One level of a batch of B point clouds, concatenated (N points in all)."""
+class Level:
+    """The geometry of one resolution level of a collated batch: what every PTv3 with the same curve
+    orders computes alike from the same points, whatever its weights, its training mode or its order
+    shuffling. Levels are built once and shared: the coarser level of a stride is built once
+    (`pooled`), and the sparse-conv kernel maps and attention patch layouts once per kernel and patch
+    size. So a teacher and a student handed the same root level (`PTv3Segmentor.structure`) build
+    the serialization, the pooling cells and the kernel maps once between them.
 
-    feat: Tensor  # (N, C)
-    coord: Tensor  # (N, 3) metres
-    grid_coord: Tensor  # (N, 3) int64 voxel coordinates at this level
-    batch: Tensor  # (N,) sample of each point
-    offset: Tensor  # (B,) cumulative end row of each sample
-    code: Tensor  # (O, N) serialization codes, one row per curve order
-    order: Tensor  # (O, N) rows sorted along each curve
-    inverse: Tensor  # (O, N) position of each row along each curve
-    depth: int  # bits per axis of the serialization codes
-    index: Tensor  # (N_0,) row at this level of every input point
-    voxels: VoxelSet
-    patch_layouts: dict = field(default_factory=dict)  # patch size -> attention.PatchLayout
-    parent: Optional["PointBatch"] = None  # the finer level this one was pooled from
-    pooling_inverse: Optional[Tensor] = None  # (N_parent,) row here of every parent row
-    conv_feat: Optional[Tensor] = None  # (N, C) what the next CPE conv reads, when not `feat`
+    Curve orders are kept unshuffled (`code[o]` is order o of the model's list); the shuffling is the
+    `PointBatch`'s. Pooled rows follow the first order's codes, so a level's rows are the same in
+    every model (Pointcept numbers them by the shuffled first order; the function is the same).
+    """
+
+    def __init__(self, coord: Tensor, grid_coord: Tensor, batch: Tensor, offset: Tensor, code: Tensor, depth: int,
+                 index: Tensor, orders: tuple[str, ...], pooling_inverse: Optional[Tensor] = None):
+        self.coord = coord  # (N, 3) metres
+        self.grid_coord = grid_coord  # (N, 3) int64 voxel coordinates at this level
+        self.batch = batch  # (N,) sample of each row
+        self.offset = offset  # (B,) cumulative end row of each sample
+        self.code = code  # (O, N) serialization codes, one row per curve order
+        self.order, self.inverse = sort_codes(code)  # (O, N) rows along each curve, and their positions
+        self.depth = depth  # bits per axis of the serialization codes
+        self.index = index  # (N_0,) row at this level of every input point
+        self.orders = orders
+        self.pooling_inverse = pooling_inverse  # (N_parent,) row here of every parent row
+        self.voxels = VoxelSet(grid_coord, batch, len(offset))
+        self.patch_layouts: dict = {}  # patch size -> attention.PatchLayout
+        self._coarser: dict[int, "Level"] = {}
 
     @classmethod
-    def from_batch(cls, batch: Mapping, in_channels: int, orders: Sequence[str], shuffle: bool) -> "PointBatch":
+    def from_batch(cls, batch: Mapping, in_channels: int, orders: Sequence[str]) -> "Level":
         """Validate a collated batch (see the package docstring) and serialize it along `orders`."""
-        coord, grid_coord, feat, offset = _validated(batch, in_channels)
-        num_points = len(feat)
+        coord, grid_coord, _, offset = _validated(batch, in_channels)
         sample = sample_index(offset)
         depth = int(grid_coord.max() + 1).bit_length()  # Pointcept's adaptive serialization depth
         if depth > MAX_DEPTH:
@@ -86,27 +95,81 @@ class PointBatch:
                 "serialization supports; use a coarser grid or crop the scene"
             )
         code = torch.stack([encode(grid_coord, sample, depth, o) for o in orders])
-        code, order, inverse = sort_codes(code, shuffle)
-        return cls(
-            feat=feat,
-            coord=coord,
-            grid_coord=grid_coord,
-            batch=sample,
-            offset=offset,
-            code=code,
-            order=order,
-            inverse=inverse,
-            depth=depth,
-            index=torch.arange(num_points, device=feat.device),
-            voxels=VoxelSet(grid_coord, sample, len(offset)),
-        )
+        index = torch.arange(len(coord), device=coord.device)
+        return cls(coord, grid_coord, sample, offset, code, depth, index, tuple(orders))
+
+    def pooled(self, levels: int) -> "Level":
+        """The level whose cells merge the rows that agree above the lowest 3·levels code bits (PTv3 Sec.
+        3.3): the points of one 2^levels-voxel cell, since every curve order is hierarchical."""
+        if levels not in self._coarser:
+            code = self.code >> 3 * levels  # (O, N)
+            _, cluster, counts = torch.unique(code[0], sorted=True, return_inverse=True, return_counts=True)
+            rows = torch.arange(len(cluster), device=cluster.device)
+            head = torch.empty_like(counts).scatter_(0, cluster, rows)  # one row per cell; they share code and voxel
+            coord = self.coord.new_zeros(len(counts), 3).index_add(0, cluster, self.coord) / counts[:, None]
+            batch = self.batch[head]
+            self._coarser[levels] = Level(
+                coord=coord,
+                grid_coord=self.grid_coord[head] >> levels,
+                batch=batch,
+                offset=torch.bincount(batch, minlength=len(self.offset)).cumsum(0),
+                code=code[:, head],
+                depth=self.depth - levels,
+                index=cluster[self.index],
+                orders=self.orders,
+                pooling_inverse=cluster,
+            )
+        return self._coarser[levels]
+
+    def __len__(self) -> int:
+        return len(self.coord)
+
+
+@dataclass(frozen=True)
+class PointBatch:
+    """Features on one `Level`, as one model's forward sees them (Pointcept's `Point`).
+
+    Layers return a copy with new features (`with_feat`); the level, and its caches, stay shared.
+    `curves[i]` is the curve order (a row of `level.order`) that the level's i-th block attends along:
+    the identity, or in training a random permutation (Pointcept's order shuffling).
+    """
+
+    feat: Tensor  # (N, C)
+    level: Level
+    curves: tuple[int, ...]
+    parent: Optional["PointBatch"] = None  # the finer level this one was pooled from
+    conv_feat: Optional[Tensor] = None  # (N, C) what the next CPE conv reads, when not `feat`
+
+    @classmethod
+    def from_batch(cls, batch: Mapping, in_channels: int, orders: Sequence[str], shuffle: bool,
+                   level: Optional[Level] = None) -> "PointBatch":
+        """The input level of a collated batch: `level` when given (shared with another model, which
+        must have serialized the same batch along the same orders), else serialized here."""
+        if level is None:
+            level = Level.from_batch(batch, in_channels, orders)
+        else:
+            num_points = len(_validated(batch, in_channels)[2])
+            if level.orders != tuple(orders) or len(level) != num_points:
+                raise ValueError(f"the shared level has {len(level)} rows serialized along {list(level.orders)}; "
+                                 f"this model reads {num_points} points along {list(orders)}: only models with "
+                                 "the same orders share the structure of the same batch")
+        return cls(feat=batch["feat"], level=level, curves=shuffled_curves(len(orders), shuffle))
 
     def with_feat(self, feat: Tensor, conv_feat: Optional[Tensor] = None) -> "PointBatch":
         """The same level with new features (N, C'); the caches stay shared."""
         return replace(self, feat=feat, conv_feat=conv_feat)
 
+    def curve(self, i: int) -> tuple[Tensor, Tensor]:
+        """(order (N,), inverse (N,)): the rows along the i-th curve, and each row's position on it."""
+        return self.level.order[self.curves[i]], self.level.inverse[self.curves[i]]
+
     def tap(self) -> Tap:
-        return Tap(self.feat, self.index)
+        return Tap(self.feat, self.level.index)
+
+
+def shuffled_curves(num_orders: int, shuffle: bool) -> tuple[int, ...]:
+    """Which curve order each block slot uses: (0, 1, ..., O-1), or a random permutation of it."""
+    return tuple(torch.randperm(num_orders).tolist()) if shuffle else tuple(range(num_orders))
 
 
 def _validated(batch: Mapping, in_channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

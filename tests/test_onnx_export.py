@@ -23,8 +23,8 @@ from ptdistill.deploy.format import FORMAT_KEY, ONNX_FORMAT
 from ptdistill.deploy.onnx_predict import load_onnx
 from ptdistill.deploy.onnx_student import batch_inputs, export_onnx, student_metadata
 from ptdistill.errors import UserError
-from ptdistill.export import export_student
-from ptdistill.predict import main
+from ptdistill.tasks.export import export_student
+from ptdistill.tasks.predict import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_RELATIVE_ERROR = 1e-4

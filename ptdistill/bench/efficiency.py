@@ -42,7 +42,7 @@ from ptdistill.bench.ptv3_speed import lidar_like_batch, points_per_stage
 from ptdistill.data.collate import collate
 from ptdistill.data.errors import DatasetNotFoundError
 from ptdistill.errors import UserError
-from ptdistill.evaluation import checkpoint_model
+from ptdistill.tasks.iou import checkpoint_model
 
 log = logging.getLogger(__name__)
 

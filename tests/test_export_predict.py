@@ -12,7 +12,7 @@ import torch
 from conftest import compose_config, fabricated_student_checkpoint
 from hydra.utils import instantiate
 
-from ptdistill.bench.ptv3_speed import lidar_like_batch
+from ptdistill.bench.batches import lidar_like_batch
 from ptdistill.data.collate import collate
 from ptdistill.errors import UserError
 from ptdistill.tasks.export import export_student

@@ -16,7 +16,7 @@ from conftest import compose_config, fabricated_student_checkpoint
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ptdistill.bench.ptv3_speed import lidar_like_batch
+from ptdistill.bench.batches import lidar_like_batch
 from ptdistill.config import model_config
 from ptdistill.data.collate import collate
 from ptdistill.deploy.format import FORMAT_KEY, ONNX_FORMAT

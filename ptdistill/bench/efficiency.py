@@ -3,7 +3,7 @@
     python evaluate.py task=efficiency dataset=nuscenes [ckpt_path=STUDENT.ckpt] [efficiency.points=34000]
 
 Input: the first scan of `split` when the dataset is on disk, otherwise a synthetic spinning-LiDAR
-scan of `efficiency.points` voxels at the dataset's grid (`ptv3_speed.lidar_like_batch`; 34,000
+scan of `efficiency.points` voxels at the dataset's grid (`batches.lidar_like_batch`; 34,000
 by default, a nuScenes keyframe). The models are `cfg.model.teacher` and `cfg.model.student`, or
 the student of `ckpt_path`; random weights time the same.
 
@@ -36,9 +36,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
+from ptdistill.bench.batches import lidar_like_batch, points_per_stage
 from ptdistill.bench.flops import ModelCount, count_model
 from ptdistill.bench.memory import proc_status_mib, reset_peak_rss, unmap_freed_blocks
-from ptdistill.bench.ptv3_speed import lidar_like_batch, points_per_stage
 from ptdistill.data.collate import collate
 from ptdistill.data.errors import DatasetNotFoundError
 from ptdistill.errors import UserError

@@ -4,7 +4,7 @@
 
 The student of conf/model/ptv3.yaml (2.78M parameters, random weights: they time the same) is
 exported once (`ptdistill.deploy.onnx_student`, onnxruntime's fused attention) and run on synthetic
-spinning-LiDAR scans of `--points` voxels (`ptv3_speed.lidar_like_batch`, grid 0.05 m).
+spinning-LiDAR scans of `--points` voxels (`batches.lidar_like_batch`, grid 0.05 m).
 
 - latency: median of `--runs` runs after one warm-up, each in a fresh spawned process per runtime.
   PyTorch: `model(batch)` from the collated voxels, its index structures built inside the forward;
@@ -87,8 +87,8 @@ def torch_latency(model_config: dict, state_dict: dict, batch: dict, threads: in
 
 def measure(points: int, runs: int, threads: int, grid_size: float, onnx_path: str, model_config: dict,
             state_dict: dict, seed: int = 0) -> dict:
+    from ptdistill.bench.batches import lidar_like_batch
     from ptdistill.bench.efficiency import measure_memory, run_isolated
-    from ptdistill.bench.ptv3_speed import lidar_like_batch
 
     batch = lidar_like_batch(points, grid_size, seed=seed)
     # Copies: sending a tensor to a spawned process moves its storage to shared memory, which would

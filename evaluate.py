@@ -3,9 +3,9 @@
 import hydra
 from omegaconf import DictConfig
 
-from ptdistill.bench.efficiency import efficiency_report
 from ptdistill.config import check_targets
 from ptdistill.errors import UserError, exits_on_user_error
+from ptdistill.tasks.efficiency import efficiency_report
 from ptdistill.tasks.export import export_student
 from ptdistill.tasks.iou import evaluate_iou
 

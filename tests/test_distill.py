@@ -7,8 +7,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from ptdistill.checkpoint_io import load_checkpoint
 from ptdistill.modules.distill import DistillModule
-from ptdistill.tasks.iou import load_checkpoint
 from ptdistill.tasks.train import fit
 
 

@@ -39,10 +39,10 @@ from torch.profiler import ProfilerActivity, profile
 from ptdistill.bench.batches import lidar_like_batch, points_per_stage
 from ptdistill.bench.flops import ModelCount, count_model
 from ptdistill.bench.memory import proc_status_mib, reset_peak_rss, unmap_freed_blocks
+from ptdistill.checkpoint_io import checkpoint_model
 from ptdistill.data.collate import collate
 from ptdistill.data.errors import DatasetNotFoundError
 from ptdistill.errors import UserError
-from ptdistill.tasks.iou import checkpoint_model
 
 log = logging.getLogger(__name__)
 

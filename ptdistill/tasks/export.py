@@ -23,8 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ptdistill.checkpoint_io import checkpoint_model
 from ptdistill.errors import UserError
-from ptdistill.tasks.iou import checkpoint_model
 from ptdistill.tasks.predict import ARTIFACT_FORMAT, MODEL_CLASSES, build_student, load_artifact
 
 log = logging.getLogger(__name__)

@@ -3,11 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
-from ptdistill.bench.efficiency import efficiency_report
 from ptdistill.config import check_targets
 from ptdistill.errors import UserError, exits_on_user_error
-from ptdistill.evaluation import evaluate_iou
-from ptdistill.export import export_student
+from ptdistill.tasks.efficiency import efficiency_report
+from ptdistill.tasks.export import export_student
+from ptdistill.tasks.iou import evaluate_iou
 
 TASKS = {"iou": evaluate_iou, "efficiency": efficiency_report, "export": export_student}
 

@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptdistill.config import check_targets
 from ptdistill.errors import exits_on_user_error
-from ptdistill.pipeline import train
+from ptdistill.tasks.train import train
 
 log = logging.getLogger("ptdistill")
 

@@ -1,10 +1,9 @@
 """The config contract that outside tools rely on (docs/architecture.md): groups, instantiable models, sizes."""
 
 import pytest
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-
-from conftest import ROOT
 
 TABLE7_TERMS = {"kld": {"kd"}, "topo": {"kd", "topo"}, "grad": {"kd", "grad"}, "topo+grad": {"kd", "topo", "grad"}}
 PAPER_COUNTS = {"teacher": 46_159_312, "student": 2_777_344}  # Pointcept's PT-v3m1, paper: 46.16M / 2.78M

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptdistill.pipeline import fit
+from ptdistill.tasks.train import fit
 from ptdistill.viz.bev import bev_image
 
 

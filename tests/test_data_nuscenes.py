@@ -12,9 +12,9 @@ from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
 from nuscenes.utils.splits import create_splits_scenes
 from omegaconf import OmegaConf
 
+from ptdistill.bench.nuscenes_layout import write_nuscenes
 from ptdistill.data.errors import BadSampleError, DatasetNotFoundError
 from ptdistill.data.nuscenes import NuScenesDataset
-from ptdistill.data.nuscenes_layout import write_nuscenes
 
 CONFIG = OmegaConf.load(Path(__file__).parents[1] / "conf" / "dataset" / "nuscenes.yaml")
 LEARNING_MAP = {int(k): int(v) for k, v in CONFIG.learning_map.items()}

@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ptdistill.data.lidar import SpinningLidar
-from ptdistill.data.raycast import Boxes, Cylinders, Ellipsoids, GroundPlane, cast
-from ptdistill.data.street import street_scene
+from ptdistill.data.synthetic.lidar import SpinningLidar
+from ptdistill.data.synthetic.raycast import Boxes, Cylinders, Ellipsoids, GroundPlane, cast
+from ptdistill.data.synthetic.street import street_scene
 
 ORIGIN = np.array([0.0, 0.0, 2.0])
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from ptdistill.data.lidar import SpinningLidar
 from ptdistill.data.semantickitti import SemanticKITTIDataset
-from ptdistill.data.synthetic import MARKER, generate_dataset, generate_scan
+from ptdistill.data.synthetic.generate import MARKER, generate_dataset, generate_scan
+from ptdistill.data.synthetic.lidar import SpinningLidar
 
 CONFIG = OmegaConf.load(Path(__file__).parents[1] / "conf" / "dataset" / "synthetic.yaml")
 LEARNING_MAP = {int(k): int(v) for k, v in CONFIG.learning_map.items()}

@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 from hydra.utils import instantiate
 
-from ptdistill.evaluation import module_from_checkpoint
-from ptdistill.pipeline import fit
+from ptdistill.tasks.iou import module_from_checkpoint
+from ptdistill.tasks.train import fit
 
 # One process with batch 2 sees the same global batch as 2 processes with batch 1.
 COMMON = ("loss=kld", "trainer.max_epochs=1", "+trainer.num_sanity_val_steps=0")

@@ -7,9 +7,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from ptdistill.evaluation import load_checkpoint
+from ptdistill.checkpoint_io import load_checkpoint
 from ptdistill.modules.distill import DistillModule
-from ptdistill.pipeline import fit
+from ptdistill.tasks.train import fit
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptdistill.bench.efficiency import efficiency_report
 from ptdistill.bench.flops import (
     CPU_SDPA,
     PartCount,
@@ -22,6 +21,7 @@ from ptdistill.bench.flops import (
 from ptdistill.config import model_config
 from ptdistill.models.ptv3.blocks import Block
 from ptdistill.models.ptv3.structure import PointBatch
+from ptdistill.tasks.efficiency import efficiency_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,11 +12,11 @@ import torch
 from conftest import compose_config, fabricated_student_checkpoint
 from hydra.utils import instantiate
 
-from ptdistill.bench.ptv3_speed import lidar_like_batch
+from ptdistill.bench.batches import lidar_like_batch
 from ptdistill.data.collate import collate
 from ptdistill.errors import UserError
-from ptdistill.export import export_student
-from ptdistill.predict import load_artifact, main
+from ptdistill.tasks.export import export_student
+from ptdistill.tasks.predict import load_artifact, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def test_cli_runs_without_hydra_or_lightning(exported, scan, tmp_path):
     scan.tofile(tmp_path / "000000.bin")
     (tmp_path / "bad.bin").write_bytes(scan.tobytes()[:-1])
     script = (
-        "import sys; from ptdistill.predict import main; "
+        "import sys; from ptdistill.tasks.predict import main; "
         f"ok = main([{str(tmp_path / '000000.bin')!r}, '--model', {str(artifact)!r}, '--out', "
         f"{str(tmp_path / 'l.label')!r}]); "
         f"bad = main([{str(tmp_path / 'bad.bin')!r}, '--model', {str(artifact)!r}, '--out', "

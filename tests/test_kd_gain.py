@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, TINY
 from scipy import stats
 
-from ptdistill.report import paired_difference, write_report
+from ptdistill.tasks.report import paired_difference, write_report
 
 
 def test_paired_difference_is_the_t_interval_of_the_per_seed_differences():
@@ -66,7 +66,7 @@ def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
 
 
 def test_demo_table_puts_the_kd_gain_beside_the_models():
-    from ptdistill.pipeline import comparison_table
+    from ptdistill.tasks.train import comparison_table
 
     rows = {"teacher": {"val/mIoU": 0.8},
             "student (no KD)": {"val/mIoU": 0.60, "test/mIoU": 0.55},

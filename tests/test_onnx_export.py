@@ -16,15 +16,15 @@ from conftest import compose_config, fabricated_student_checkpoint
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ptdistill.bench.ptv3_speed import lidar_like_batch
+from ptdistill.bench.batches import lidar_like_batch
 from ptdistill.config import model_config
 from ptdistill.data.collate import collate
 from ptdistill.deploy.format import FORMAT_KEY, ONNX_FORMAT
 from ptdistill.deploy.onnx_predict import load_onnx
 from ptdistill.deploy.onnx_student import batch_inputs, export_onnx, student_metadata
 from ptdistill.errors import UserError
-from ptdistill.export import export_student
-from ptdistill.predict import main
+from ptdistill.tasks.export import export_student
+from ptdistill.tasks.predict import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_RELATIVE_ERROR = 1e-4

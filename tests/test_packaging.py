@@ -1,9 +1,9 @@
 """The pip route (pyproject.toml) and the conda route (environment.yml) install the same things."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

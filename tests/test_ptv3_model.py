@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from ptdistill.config import model_config
 from ptdistill.models.ptv3 import PTv3Segmentor
 from ptdistill.models.ptv3.blocks import MLP
-from ptdistill.models.ptv3.structure import one_point_per_cell
+from ptdistill.points import one_point_per_cell
 
 NUM_CLASSES = 5
 TAPS = ("enc0", "enc1", "enc2", "enc3", "enc4", "dec3", "dec2", "dec1", "dec0")

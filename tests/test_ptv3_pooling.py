@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptdistill.bench.ptv3_speed import lidar_like_batch
+from ptdistill.bench.batches import lidar_like_batch
 from ptdistill.config import model_config
 from ptdistill.models.ptv3.pooling import cell_max
 

@@ -4,7 +4,7 @@ import csv
 import json
 import statistics
 
-from ptdistill.report import write_report
+from ptdistill.tasks.report import write_report
 
 
 def test_report_collects_runs_into_table7(tmp_path):

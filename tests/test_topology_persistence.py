@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
 
+from ptdistill.bench.naive_rips import naive_rips_diagrams
 from ptdistill.topology import persistence
-from ptdistill.topology.naive import naive_rips_diagrams
 from ptdistill.topology.persistence import CriticalEdgeError, rips_diagrams, rips_diagrams_batch
 
 

@@ -11,10 +11,11 @@ import torch
 from conftest import ROOT
 from omegaconf import open_dict
 
+from ptdistill.checkpoint_io import load_checkpoint
 from ptdistill.data.semantickitti import SemanticKITTIDataset
-from ptdistill.evaluation import evaluate_iou, load_checkpoint, module_from_checkpoint
 from ptdistill.modules.metrics import FullResolutionIoU
-from ptdistill.pipeline import fit, teacher_home
+from ptdistill.tasks.iou import evaluate_iou, module_from_checkpoint
+from ptdistill.tasks.train import fit, teacher_home
 
 
 class Interrupt(L.Callback):

@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
 from omegaconf import OmegaConf
 
+from ptdistill.data import tta as test_time  # not `import TestTimeAugmentation`: pytest would collect it
 from ptdistill.data.collate import collate
 from ptdistill.data.dataset import LearningMap
 from ptdistill.data.submission import NuScenesWriter, PredictionWriter, SemanticKITTIWriter
 from ptdistill.data.transforms import Compose, ConcatFeatures, GridSample
-from ptdistill.data import tta as test_time  # not `import TestTimeAugmentation`: pytest would collect it
-from ptdistill.data.tta import View, full_resolution_scores
+from ptdistill.data.tta import View
+from ptdistill.scoring import full_resolution_scores
 
 CONF = Path(__file__).parents[1] / "conf" / "dataset"
 EVAL = Compose([GridSample(0.05, train=False), ConcatFeatures()])

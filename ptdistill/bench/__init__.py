@@ -1,1 +1,5 @@
-"""Benchmark scripts: each prints a table (`python -m ptdistill.bench.<name>`)."""
+"""Benchmark scripts, each printing a table (`python -m ptdistill.bench.<name>`), and what they share.
+
+Shared with the efficiency task and the tests: synthetic batches (`batches`), FLOP and memory counting
+(`flops`, `memory`), a nuScenes on disk (`nuscenes_layout`), the naive persistence baseline (`naive_rips`).
+"""

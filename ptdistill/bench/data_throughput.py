@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from ptdistill.data.lidar import SpinningLidar
+from ptdistill.bench.nuscenes_layout import write_nuscenes
 from ptdistill.data.nuscenes import NuScenesDataset
-from ptdistill.data.nuscenes_layout import write_nuscenes
 from ptdistill.data.semantickitti import SemanticKITTIDataset
-from ptdistill.data.synthetic import generate_scan, write_scan
+from ptdistill.data.synthetic.generate import generate_scan, write_scan
+from ptdistill.data.synthetic.lidar import SpinningLidar
 from ptdistill.data.transforms import (
     Compose,
     ConcatFeatures,

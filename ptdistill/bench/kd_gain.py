@@ -29,10 +29,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ptdistill.config import compose_train
-from ptdistill.data.tta import full_resolution_scores
-from ptdistill.evaluation import module_from_checkpoint
-from ptdistill.pipeline import teacher_home
-from ptdistill.report import paired_difference
+from ptdistill.scoring import full_resolution_scores
+from ptdistill.tasks.iou import module_from_checkpoint
+from ptdistill.tasks.report import paired_difference
+from ptdistill.tasks.train import teacher_home
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -4,13 +4,13 @@
 
 The student of conf/model/ptv3.yaml (2.78M parameters, random weights: they time the same) is
 exported once (`ptdistill.deploy.onnx_student`, onnxruntime's fused attention) and run on synthetic
-spinning-LiDAR scans of `--points` voxels (`ptv3_speed.lidar_like_batch`, grid 0.05 m).
+spinning-LiDAR scans of `--points` voxels (`batches.lidar_like_batch`, grid 0.05 m).
 
 - latency: median of `--runs` runs after one warm-up, each in a fresh spawned process per runtime.
   PyTorch: `model(batch)` from the collated voxels, its index structures built inside the forward;
   onnxruntime: the numpy preprocessing (`structure_np.graph_inputs`, reported apart as well) plus
   `session.run`, so both start from the same voxels. Grid sampling is left out of both.
-- peak memory: as `ptdistill.bench.efficiency.measure_memory` (the PyTorch side is that function):
+- peak memory: as `ptdistill.tasks.efficiency.measure_memory` (the PyTorch side is that function):
   in a process of its own, the peak resident set (VmHWM, reset through /proc/self/clear_refs once the
   libraries are imported) above the resident set then, with glibc unmapping freed blocks at once;
   it holds the weights, the input and the live activations (onnxruntime: also its arena and the
@@ -87,8 +87,8 @@ def torch_latency(model_config: dict, state_dict: dict, batch: dict, threads: in
 
 def measure(points: int, runs: int, threads: int, grid_size: float, onnx_path: str, model_config: dict,
             state_dict: dict, seed: int = 0) -> dict:
-    from ptdistill.bench.efficiency import measure_memory, run_isolated
-    from ptdistill.bench.ptv3_speed import lidar_like_batch
+    from ptdistill.bench.batches import lidar_like_batch
+    from ptdistill.tasks.efficiency import measure_memory, run_isolated
 
     batch = lidar_like_batch(points, grid_size, seed=seed)
     # Copies: sending a tensor to a spawned process moves its storage to shared memory, which would

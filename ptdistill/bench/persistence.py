@@ -2,7 +2,7 @@
 
     python -m ptdistill.bench.persistence [--quick] [--threads 2] [--repeats 5] [--naive-limit 60]
 
-Input: a synthetic LiDAR scan of N points (`ptv3_speed.lidar_like_batch`) lifted to 64 channels by a
+Input: a synthetic LiDAR scan of N points (`batches.lidar_like_batch`) lifted to 64 channels by a
 fixed random MLP and normalised as L_topo does; a second MLP gives the teacher cloud. The same inputs
 go to each layer:
   ours   `rips_diagrams` (gudhi + critical-edge routing),
@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from ptdistill.bench.ptv3_speed import lidar_like_batch
+from ptdistill.bench.batches import lidar_like_batch
+from ptdistill.bench.naive_rips import naive_rips_diagrams
 from ptdistill.losses.topo import normalize
 from ptdistill.topology.chamfer import pwcd
-from ptdistill.topology.naive import naive_rips_diagrams
 from ptdistill.topology.persistence import rips_diagrams, rips_diagrams_batch
 
 SIZES = (30, 60, 100, 200, 400, 800, 1024)

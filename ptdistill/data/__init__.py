@@ -1,1 +1,1 @@
-"""Data pipeline: readers (SemanticKITTI layout, synthetic scans), transforms, collate, DataModule."""
+"""Data pipeline: readers (one per dataset), transforms, collate, DataModule; `synthetic/`: the scan simulator."""

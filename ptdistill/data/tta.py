@@ -1,6 +1,6 @@
 """Test-time augmentation (as in Pointcept's test configs): each scan is evaluated under several fixed
 views, and the softmax of the views is summed at full resolution, through each view's own
-grid-sampling inverse (`full_resolution_scores`).
+grid-sampling inverse (`ptdistill.scoring.full_resolution_scores`).
 
 nuScenes: 5 scales x {identity, flip}; Waymo and SemanticKITTI: 4 rotations of 90 degrees about z.
 """
@@ -8,7 +8,6 @@ nuScenes: 5 scales x {identity, flip}; Waymo and SemanticKITTI: 4 rotations of 9
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from ptdistill.data.dataset import Transform
 
@@ -47,10 +46,3 @@ class TestTimeAugmentation:
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         views = [self.transform(view(dict(sample), rng), rng) for view in self.views]
         return {"views": views, "name": sample["name"]}
-
-
-def full_resolution_scores(logits: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """Class scores (N_full, K) of every original point: the softmax of its voxel's logits (N, K), summed
-    over the TTA views when `inverse` is (V, N_full) rather than (N_full,)."""
-    probabilities = logits.softmax(dim=1)[inverse]  # (N_full, K) or (V, N_full, K)
-    return probabilities if inverse.dim() == 1 else probabilities.sum(dim=0)

@@ -5,7 +5,7 @@
 MODEL is either export of `python evaluate.py task=export`: a `student.onnx`
 (`export.format=onnx`), run by onnxruntime with numpy preprocessing and without importing torch
 (`ptdistill.deploy.onnx_predict`), or a weights-only torch artifact (`export.format=torch`, the
-default), run by this package's PyTorch model (`ptdistill.predict`). The choice is by the model's
+default), run by this package's PyTorch model (`ptdistill.tasks.predict`). The choice is by the model's
 suffix, before anything imports torch. SCAN and LABELS: `ptdistill.deploy.scan`.
 """
 
@@ -56,7 +56,7 @@ def _predict_onnx(args):
 def _predict_torch(args):
     import torch
 
-    from ptdistill.predict import load_artifact, predict_file
+    from ptdistill.tasks.predict import load_artifact, predict_file
 
     if args.threads:
         torch.set_num_threads(args.threads)

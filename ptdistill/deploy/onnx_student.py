@@ -24,7 +24,7 @@ trace, so one graph serves every scan.
 
     python evaluate.py task=export export.format=onnx ckpt_path=STUDENT.ckpt dataset=NAME
 
-writes `student.onnx` (`ptdistill.export`), with the metadata of `ptdistill.deploy.format`.
+writes `student.onnx` (`ptdistill.tasks.export`), with the metadata of `ptdistill.deploy.format`.
 """
 
 import io

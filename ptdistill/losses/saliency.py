@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptdistill.losses.term import DistillationTerm, DistillStep
-from ptdistill.models.ptv3.structure import one_point_per_cell, sample_index
+from ptdistill.points import one_point_per_cell, sample_index
 
 
 def channel_weights(seg_loss: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ptdistill.losses.term import DistillationTerm, DistillStep
-from ptdistill.models.ptv3.structure import one_point_per_cell
+from ptdistill.points import one_point_per_cell
 from ptdistill.topology.chamfer import chamfer, pwcd
 from ptdistill.topology.persistence import rips_diagrams_batch
 from ptdistill.topology.sampling import tps

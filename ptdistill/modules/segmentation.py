@@ -6,9 +6,9 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from ptdistill.data.tta import full_resolution_scores
 from ptdistill.modules.metrics import FullResolutionIoU
 from ptdistill.modules.optim import configure_one_cycle
+from ptdistill.scoring import full_resolution_scores
 
 
 class SegmentationModule(L.LightningModule):

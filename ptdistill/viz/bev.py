@@ -1,7 +1,7 @@
 """Bird's-eye-view images of point-wise labels, for dashboards (ground truth vs teacher vs student)."""
 
-import numpy as np
 import matplotlib
+import numpy as np
 
 # A fixed, distinct colour per class; the ignore label (-1) is drawn black.
 PALETTE = (matplotlib.colormaps["tab20"](np.arange(20))[:, :3] * 255).astype(np.uint8)

@@ -6,6 +6,5 @@ The model takes a collated batch (Pointcept's convention, B samples concatenated
 """
 
 from ptdistill.models.ptv3.segmentor import PTv3Segmentor
-from ptdistill.models.ptv3.structure import Tap
 
-__all__ = ["PTv3Segmentor", "Tap"]
+__all__ = ["PTv3Segmentor"]

@@ -18,7 +18,8 @@ from ptdistill.models.ptv3.blocks import Block
 from ptdistill.models.ptv3.pooling import SerializedPooling, SerializedUnpooling, point_batch_norm
 from ptdistill.models.ptv3.serialization import ORDERS
 from ptdistill.models.ptv3.sparse_conv import SubMConv3d
-from ptdistill.models.ptv3.structure import Level, PointBatch, Tap
+from ptdistill.models.ptv3.structure import Level, PointBatch
+from ptdistill.points import Tap
 
 
 class Embedding(nn.Module):

@@ -2,19 +2,17 @@
 
 Accepted files: Pointcept's training checkpoint (`{"state_dict": ..., "epoch": ...}`), a bare
 state dict, with or without DDP's `module.` prefix, or a stage-1 checkpoint of train.py (`model.`).
-They are untrusted: `torch.load` runs with `weights_only=True`, and a file that needs full
-unpickling is refused unless `trust=True`.
+They are untrusted: `checkpoint_io.read_torch_file` reads them weights-only, and refuses a file that
+needs full unpickling unless `trust=True`.
 Keys and shapes must match exactly; otherwise the error lists every difference.
 """
 
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
+from ptdistill.checkpoint_io import read_torch_file
 from ptdistill.errors import UserError
 
 PREFIXES = ("module.", "model.")  # DDP's wrapper; the LightningModule's attribute in train.py checkpoints
@@ -27,20 +25,7 @@ class CheckpointMismatchError(UserError):
 
 def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
     """The state dict stored in a checkpoint or bare state-dict file, without its `PREFIXES`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as error:
-        if not zipfile.is_zipfile(path):  # torch.save writes zip archives
-            raise UserError(f"checkpoint {path} is not a readable torch file: {error}") from error
-        raise UserError(
-            f"checkpoint {path} holds objects that need full unpickling, which can run arbitrary code; "
-            "it was refused. Pass trust_checkpoint=True only for a file you trust."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise UserError(f"checkpoint {path} is not a readable torch file: {error}") from error
+    content = read_torch_file(path, trust=trust, trust_option="trust_checkpoint")
     state = content.get("state_dict", content) if isinstance(content, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"checkpoint {path} holds no state dict (a mapping of names to tensors)")

@@ -1,6 +1,6 @@
 """PTv3 semantic segmentor: the backbone plus a Linear seg head, Pointcept's `DefaultSegmentorV2`.
 
-`model(batch, taps=("enc4",))` returns `{"logits": (N, num_classes), "taps": {name: Tap}}`; the
+`model(batch, taps=("enc4",))` returns `{"logits": (N, num_classes), "taps": {name: Tap}}` (`ptdistill.points`); the
 state dict is `seg_head.*` plus `backbone.*`, as Pointcept's checkpoints store it.
 """
 

@@ -4,39 +4,15 @@ import csv
 import logging
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ptdistill.checkpoint_io import checkpoint_model
 from ptdistill.data.submission import PredictionWriter
 from ptdistill.errors import UserError
 from ptdistill.modules.segmentation import SegmentationModule
 
 log = logging.getLogger(__name__)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A train.py checkpoint, read with `weights_only=True`: files from elsewhere are untrusted."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe pickles
-        raise UserError(f"cannot read checkpoint {path} as a weights-only file: {error}") from None
-    if "hyper_parameters" not in checkpoint or "model" not in checkpoint["hyper_parameters"]:
-        raise UserError(f"{path} is not a ptdistill train.py checkpoint (no model config inside)")
-    return checkpoint
-
-
-def checkpoint_model(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """The trained model of a train.py checkpoint (the student of a distillation run): its config
-    (with `_target_`), its state dict and the module's hyperparameters."""
-    checkpoint = load_checkpoint(path)
-    hparams = checkpoint["hyper_parameters"]
-    prefix = "model."  # the LightningModule's attribute
-    weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    return dict(hparams["model"]), weights, hparams
 
 
 def module_from_checkpoint(path: str | Path) -> SegmentationModule:

@@ -134,7 +134,7 @@ def train(cfg: DictConfig) -> float:
 
 
 def _write_metrics(cfg: DictConfig, row: str, result: dict, rows: dict | None) -> None:
-    """<output_dir>/metrics.json, what `ptdistill.report` collects: `loss` names the Table 7 row, or the
+    """<output_dir>/metrics.json, what `ptdistill.tasks.report` collects: `loss` names the Table 7 row, or the
     stage (`student`: the no-KD baseline; `teacher`) of a stage-1 run."""
     if int(os.environ.get("LOCAL_RANK", 0)) != 0:
         return

@@ -3,7 +3,7 @@
     python evaluate.py task=export ckpt_path=STUDENT.ckpt dataset=NAME [export.format=torch|onnx] [export.path=...]
 
 - `export.format=torch` (default): `student.pt`, a weights-only torch file (the format and why it is
-  not torch.export or TorchScript: `ptdistill.predict`);
+  not torch.export or TorchScript: `ptdistill.tasks.predict`);
 - `export.format=onnx`: `student.onnx`, the eval forward as an ONNX graph (opset 18, dynamic point
   counts) that onnxruntime runs without torch after numpy preprocessing (`ptdistill.deploy`;
   `export.onnx_attention`: onnxruntime's fused attention kernel, or standard ops for other runtimes). Its
@@ -23,9 +23,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ptdistill.checkpoint_io import checkpoint_model
 from ptdistill.errors import UserError
-from ptdistill.evaluation import checkpoint_model
-from ptdistill.predict import ARTIFACT_FORMAT, MODEL_CLASSES, build_student, load_artifact
+from ptdistill.tasks.predict import ARTIFACT_FORMAT, MODEL_CLASSES, build_student, load_artifact
 
 log = logging.getLogger(__name__)
 

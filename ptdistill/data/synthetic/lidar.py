@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptdistill.data.raycast import cast
-from ptdistill.data.street import TERRAIN, VEGETATION, Scene
+from ptdistill.data.synthetic.raycast import cast
+from ptdistill.data.synthetic.street import TERRAIN, VEGETATION, Scene
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptdistill.checkpoint_io import read_torch_file
 from ptdistill.data.collate import collate
 from ptdistill.data.transforms import Compose, ConcatFeatures, GridSample
 from ptdistill.deploy.cli import main
@@ -64,13 +65,7 @@ class Student:
 
 def load_artifact(path: str | Path, device: str = "cpu") -> Student:
     """Read an artifact with `weights_only=True` and rebuild its model in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model artifact {path} does not exist")
-    try:
-        artifact = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise UserError(f"cannot read model artifact {path} as a weights-only torch file: {error}") from None
+    artifact = read_torch_file(path, "model artifact", map_location=device)
     if not isinstance(artifact, dict) or artifact.get("format") != ARTIFACT_FORMAT:
         raise UserError(f"{path} is not a ptdistill student artifact ({ARTIFACT_FORMAT}); "
                         "write one with `python evaluate.py task=export ckpt_path=...`")

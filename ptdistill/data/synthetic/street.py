@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ptdistill.data.raycast import Boxes, Cylinders, Ellipsoids, GroundPlane
+from ptdistill.data.synthetic.raycast import Boxes, Cylinders, Ellipsoids, GroundPlane
 
 # SemanticKITTI raw label ids (semantic-kitti.yaml) of what the scenes hold.
 CAR, MOVING_CAR, PERSON, MOVING_PERSON = 10, 252, 30, 254

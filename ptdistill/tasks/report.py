@@ -1,4 +1,4 @@
-"""Collect a Table 7 multirun into the paper's layout: `python -m ptdistill.report <multirun dir>`.
+"""Collect a Table 7 multirun into the paper's layout: `python -m ptdistill.tasks.report <multirun dir>`.
 
 Rows are the loss configurations (and the no-KD `student`, when the folder has it), columns the datasets,
 cells mIoU mean ± std over seeds. A second table gives each row's paired difference from the `kld` row

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ptdistill.data.lidar import SpinningLidar
-from ptdistill.data.street import street_scene
+from ptdistill.data.synthetic.lidar import SpinningLidar
+from ptdistill.data.synthetic.street import street_scene
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     python evaluate.py task=efficiency dataset=nuscenes [ckpt_path=STUDENT.ckpt] [efficiency.points=34000]
 
 Input: the first scan of `split` when the dataset is on disk, otherwise a synthetic spinning-LiDAR
-scan of `efficiency.points` voxels at the dataset's grid (`ptv3_speed.lidar_like_batch`; 34,000
+scan of `efficiency.points` voxels at the dataset's grid (`bench.batches.lidar_like_batch`; 34,000
 by default, a nuScenes keyframe). The models are `cfg.model.teacher` and `cfg.model.student`, or
 the student of `ckpt_path`; random weights time the same.
 
@@ -14,9 +14,9 @@ Each model is measured in its own spawned process, so that peak memories do not 
   on CPU (Linux), the process's peak resident set (VmHWM, reset through /proc/self/clear_refs
   before the model is built) above its resident set then, so it holds what max_memory_allocated
   holds (weights, input, live activations) and not the interpreter and libraries, with glibc set
-  to unmap freed tensors at once (`memory.unmap_freed_blocks`); the whole process's peak is reported too;
+  to unmap freed tensors at once (`bench.memory.unmap_freed_blocks`); the whole process's peak is reported too;
 - operators: one profiled forward (`torch.profiler`), self time and self memory per operator;
-- parameters and FLOPs: `flops.count_model` (on CPU, see there how sparse conv and attention count).
+- parameters and FLOPs: `bench.flops.count_model` (on CPU, see there how sparse conv and attention count).
 
 Writes `efficiency_<dataset>.md` and `.json` in the run directory and prints the Markdown.
 """
@@ -36,13 +36,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
+from ptdistill.bench.batches import lidar_like_batch, points_per_stage
 from ptdistill.bench.flops import ModelCount, count_model
 from ptdistill.bench.memory import proc_status_mib, reset_peak_rss, unmap_freed_blocks
-from ptdistill.bench.ptv3_speed import lidar_like_batch, points_per_stage
+from ptdistill.checkpoint_io import checkpoint_model
 from ptdistill.data.collate import collate
 from ptdistill.data.errors import DatasetNotFoundError
 from ptdistill.errors import UserError
-from ptdistill.evaluation import checkpoint_model
 
 log = logging.getLogger(__name__)
 

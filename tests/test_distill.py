@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from ptdistill.checkpoint_io import load_checkpoint
+from ptdistill.models.ptv3 import sparse_conv
 from ptdistill.modules.distill import DistillModule
 from ptdistill.tasks.train import fit
 
@@ -154,12 +155,38 @@ def test_gradient_norms_of_every_term_are_logged_beside_seg(distill_setup, monke
     assert norms["seg"] == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_teacher_and_student_taps_are_the_same_cells_row_for_row(distill_setup):
-    """Same grid and strides: every tapped level pools the input points into the same cells in both models."""
+@pytest.mark.parametrize("share", [True, False])
+def test_teacher_and_student_taps_are_the_same_cells_row_for_row(distill_setup, share):
+    """Same grid and strides: every tapped level pools the input points into the same cells in both models,
+    and numbers them alike, whether they share the structure or build it apart (the shuffled student too)."""
     cfg, batch = distill_setup
     module = _module(cfg).train()
+    module.share_structure = share
     step = module.distill_step(batch)
     for name in ("enc4",):
         s, t = step.student["taps"][name].index, step.teacher["taps"][name].index  # (N,) cell of each point
-        pairs = torch.unique(torch.stack([s, t], 1), dim=0)
-        assert len(pairs) == len(torch.unique(s)) == len(torch.unique(t))  # a bijection between their cells
+        assert torch.equal(s, t)
+
+
+def test_a_shared_structure_gives_the_outputs_of_separate_builds(distill_setup, monkeypatch):
+    """The teacher reusing the student's levels (serialization, pooling cells, kernel maps, patch layouts)
+    gives the same logits and taps, to the bit, as both models building their own, with half the builds."""
+    cfg, batch = distill_setup
+    module = _module(cfg).train()
+    assert module.share_structure  # the tiny teacher and student have the same curve orders
+    builds = []
+    build = sparse_conv.build_kernel_map
+    monkeypatch.setattr(sparse_conv, "build_kernel_map", lambda *args: builds.append(args[2]) or build(*args))
+    outputs, kernel_maps = {}, {}
+    for share in (True, False):
+        module.share_structure = share
+        builds.clear()
+        torch.manual_seed(11)  # the same drop-path draws and order shuffles in both steps
+        outputs[share] = module.distill_step(batch)
+        kernel_maps[share] = len(builds)
+    assert 0 < kernel_maps[True] and 2 * kernel_maps[True] == kernel_maps[False]
+    for model in ("student", "teacher"):
+        shared, separate = getattr(outputs[True], model), getattr(outputs[False], model)
+        assert torch.equal(shared["logits"], separate["logits"])
+        for name, tap in shared["taps"].items():
+            assert torch.equal(tap.feat, separate["taps"][name].feat) and torch.equal(tap.index, separate["taps"][name].index)

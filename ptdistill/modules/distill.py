@@ -29,6 +29,9 @@ class DistillModule(SegmentationModule):
 
     grad_norm_every_n_steps: every n steps, also log the norm of each weighted term's gradient at the
     student's parameters beside L_seg's (`train/grad_norm/<name>`): one extra backward per term; 0: never.
+    share_structure: the teacher reuses the student's serialization, pooling cells and kernel maps of
+    each batch (same points, grid and, when their curve orders agree, the same geometry at every level);
+    the outputs are those of separate builds.
     """
 
     def __init__(
@@ -44,11 +47,13 @@ class DistillModule(SegmentationModule):
         ignore_index: int = -1,
         block_lr_scale: float = 0.1,
         grad_norm_every_n_steps: int = 0,
+        share_structure: bool = True,
     ):
         super().__init__(model, criterion, optimizer, scheduler, num_classes, class_names, ignore_index, block_lr_scale)
         self.teacher = instantiate(teacher).requires_grad_(False).eval()
         self.terms = nn.ModuleDict({name: self._term(name, term) for name, term in terms.items()})
         self.grad_norm_every_n_steps = grad_norm_every_n_steps
+        self.share_structure = share_structure and self.model.backbone.order == self.teacher.backbone.order
         self.skipped = Counter()  # non-finite losses left out, by name
 
     @staticmethod
@@ -72,12 +77,13 @@ class DistillModule(SegmentationModule):
     def distill_step(self, batch: dict) -> DistillStep:
         """Both forwards and L_seg: what every term needs."""
         taps = sorted({tap for term in self.terms.values() for tap in term.taps})
-        student = self.model(batch, taps=taps)
+        structure = self.model.structure(batch) if self.share_structure else None
+        student = self.model(batch, taps=taps, structure=structure)
         seg = self.criterion(student["logits"], batch["segment"])
         # L_grad needs ∂L_seg/∂F of the teacher too, so its forward then keeps a graph from the taps on.
         teacher_grad = any(term.needs_teacher_grad for term in self.terms.values())
         with torch.set_grad_enabled(teacher_grad):
-            teacher = self.teacher(batch, taps=taps, tap_grad=teacher_grad)
+            teacher = self.teacher(batch, taps=taps, tap_grad=teacher_grad, structure=structure)
         return DistillStep(batch, student, teacher, seg, self.criterion)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:

@@ -12,7 +12,9 @@ from conftest import ROOT, TINY
 def _train(tmp_path, *overrides):
     args = [*TINY, "trainer.max_epochs=1", f"paths.root_dir={tmp_path}", f"paths.data_dir={tmp_path.parent}/data",
             *overrides]
-    result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # one thread in every process: runs comparable to the bit
+    result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env=env)
     result.log = result.stdout + result.stderr  # Hydra's logging goes to stdout
     return result
 
@@ -29,6 +31,15 @@ def test_distillation_trains_the_missing_teacher_then_reuses_it(tmp_path):
     second = _train(tmp_path, "loss=kld", "seed=1")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Reusing the stage-1 teacher" in second.log and "training the teacher first" not in second.log
+
+    # The no-KD student in a child process beside the KD student: the same run as in-process.
+    third = _train(tmp_path, "loss=kld", "stage.baseline=true", "stage.baseline_alongside=true",
+                   "hydra.run.dir=" + str(tmp_path / "alongside"))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "trains beside this run in a child process" in third.log and "| student (no KD) |" in third.stdout
+    alongside = json.loads((tmp_path / "alongside" / "metrics.json").read_text())["rows"]
+    assert (tmp_path / "alongside" / "student" / "metrics.json").exists()
+    assert alongside["student (no KD)"] == metrics[0]["rows"]["student (no KD)"]
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ptdistill.tasks.side_run import ReclaimThreads, SideRun
+
 log = logging.getLogger(__name__)
 
 
@@ -34,12 +36,12 @@ def teacher_home(cfg: DictConfig) -> Path:
     return Path(cfg.paths.teacher_dir) / f"{cfg.dataset.name}-{digest}"
 
 
-def fit(cfg: DictConfig) -> dict:
+def fit(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = ()) -> dict:
     """Train the module that `cfg.stage` describes; return its best val mIoU and checkpoint."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule)
     module = instantiate(cfg.stage.module)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + list(extra_callbacks)
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, max_epochs=cfg.stage.max_epochs, callbacks=callbacks, logger=loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
@@ -96,14 +98,14 @@ def _compose_stage(stage: str, run_name: str) -> DictConfig:
     return cfg
 
 
-def resolve_teacher(cfg: DictConfig) -> tuple[str, float | None]:
+def resolve_teacher(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = ()) -> tuple[str, float | None]:
     """The teacher checkpoint of a distillation run, trained first when there is none."""
     if cfg.stage.teacher_checkpoint:
         return cfg.stage.teacher_checkpoint, None
     home = teacher_home(cfg)
     if not (home / "teacher.ckpt").exists():
         log.info("No stage-1 teacher for dataset=%s at %s: training the teacher first.", cfg.dataset.name, home)
-        result = fit(_compose_stage("teacher", "teacher"))
+        result = fit(_compose_stage("teacher", "teacher"), extra_callbacks)
         if not (home / "teacher.ckpt").exists():  # a debug run (fast_dev_run) registers no teacher
             return result["checkpoint"], result["val/mIoU"]
     else:
@@ -118,13 +120,17 @@ def train(cfg: DictConfig) -> float:
         result = fit(cfg)
         _write_metrics(cfg, cfg.stage.name, result, rows=None)
         return result["val/mIoU"]
-    teacher_checkpoint, teacher_miou = resolve_teacher(cfg)
+    side_run = SideRun("student") if cfg.stage.baseline and cfg.stage.baseline_alongside else None
+    reclaim = (ReclaimThreads(side_run),) if side_run else ()
+    teacher_checkpoint, teacher_miou = resolve_teacher(cfg, reclaim)
     rows = {"teacher": {"val/mIoU": teacher_miou}}
-    if cfg.stage.baseline:
+    if cfg.stage.baseline and not side_run:
         rows["student (no KD)"] = fit(_compose_stage("student", "student"))
     with open_dict(cfg):
         cfg.model.teacher.checkpoint = teacher_checkpoint
-    student = fit(cfg)
+    student = fit(cfg, reclaim)
+    if side_run:
+        rows["student (no KD)"] = side_run.join()
     rows[f"student (KD, loss={cfg.loss.name})"] = student
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(comparison_table(rows))

@@ -8,7 +8,10 @@ the last column. Extra Hydra overrides (e.g. `model=ptv3`) change every row alik
 
 A step is what Lightning's automatic optimization runs per batch: `training_step` (the teacher and
 student forwards and every loss term), the backward, gradient clipping when the trainer config
-sets it, and the optimizer step. The rows take turns batch by batch on the same batches, so that
+sets it, and the optimizer step. The second table splits each row's median step into them: the
+input level's serialization (shared by both models), the student and teacher forwards (their
+pooled levels and kernel maps are built lazily inside), L_seg, each term, the backward (with
+clipping) and the optimizer; a term's backward counts in the backward. The rows take turns batch by batch on the same batches, so that
 this machine's drifting speed (up to 1.5x from one minute to the next) falls on every row alike;
 data loading is outside the timing. The teacher has random weights: the step costs the same with
 trained ones.
@@ -18,6 +21,7 @@ import argparse
 import statistics
 import time
 import warnings
+from collections import defaultdict
 from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
@@ -44,28 +48,50 @@ def row_config(loss: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def training_step(cfg: DictConfig) -> Callable[[dict], None]:
-    """One optimizer step of the config's stage-2 module on a batch, as Lightning runs it."""
+def _timed(seconds: dict[str, float], name: str, call: Callable) -> Callable:
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = call(*args, **kwargs)
+        seconds[name] += time.perf_counter() - start
+        return out
+
+    return timed
+
+
+def training_step(cfg: DictConfig) -> Callable[[dict], dict[str, float]]:
+    """One optimizer step of the config's stage-2 module on a batch, as Lightning runs it; it returns the
+    seconds of its parts (see the module docstring), "step" the whole."""
     L.seed_everything(cfg.seed, verbose=False)
     module = instantiate(cfg.stage.module).train()
     optimizer = configure_one_cycle(module.model, instantiate(cfg.optimizer), None, cfg.block_lr_scale, 1)["optimizer"]
     clip = cfg.trainer.get("gradient_clip_val")
+    seconds: dict[str, float] = defaultdict(float)
+    # Instance attributes shadow the methods that nn.Module.__call__ and distill_step look up.
+    module.model.structure = _timed(seconds, "structure", module.model.structure)
+    parts = {"student forward": module.model, "L_seg": module.criterion}  # a stage-1 module has no teacher
+    if hasattr(module, "teacher"):
+        parts |= {"teacher forward": module.teacher} | {f"L_{name}": term for name, term in module.terms.items()}
+    for name, part in parts.items():
+        part.forward = _timed(seconds, name, part.forward)
 
-    def step(batch: dict) -> None:
+    def step(batch: dict) -> dict[str, float]:
+        seconds.clear()
+        start = time.perf_counter()
         optimizer.zero_grad()
         loss = module.training_step(batch, 0)
-        if loss is None:  # every term non-finite: Lightning skips the step
-            return
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(module.model.parameters(), clip)
-        optimizer.step()
+        if loss is not None:  # every term non-finite: Lightning skips the step
+            _timed(seconds, "backward", loss.backward)()
+            if clip:
+                _timed(seconds, "backward", torch.nn.utils.clip_grad_norm_)(module.model.parameters(), clip)
+            _timed(seconds, "optimizer", optimizer.step)()
+        return dict(seconds, step=time.perf_counter() - start)
 
     return step
 
 
-def step_seconds(rows: list[str], overrides: list[str], steps: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per training step of each row, after `warmup` steps, the rows taking turns on each batch."""
+def step_seconds(rows: list[str], overrides: list[str], steps: int, warmup: int) -> dict[str, list[dict]]:
+    """The timed parts of every training step of each row, after `warmup` steps, the rows taking turns on
+    each batch."""
     configs = {loss: row_config(loss, overrides) for loss in rows}
     steppers = {loss: training_step(cfg) for loss, cfg in configs.items()}
     datamodule = instantiate(next(iter(configs.values())).dataset.datamodule)
@@ -75,10 +101,9 @@ def step_seconds(rows: list[str], overrides: list[str], steps: int, warmup: int)
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: nothing is logged
         for i, batch in enumerate(islice(datamodule.train_dataloader(), warmup + steps)):
             for loss, step in steppers.items():
-                start = time.perf_counter()
-                step(batch)
+                parts = step(batch)
                 if i >= warmup:
-                    seconds[loss].append(time.perf_counter() - start)
+                    seconds[loss].append(parts)
     return seconds
 
 
@@ -92,7 +117,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    times = step_seconds(args.rows, args.overrides, args.steps, args.warmup)
+    parts = step_seconds(args.rows, args.overrides, args.steps, args.warmup)
+    times = {loss: [p["step"] for p in steps] for loss, steps in parts.items()}
     base = statistics.median(times["kld"]) if "kld" in times else None
     print(f"\nStage-2 step time, experiment=demo {' '.join(args.overrides)} ({args.steps} batches, rows in turn, "
           f"{args.threads} threads)\n")
@@ -101,6 +127,17 @@ def main() -> None:
     for loss, seconds in times.items():
         ratio = f"{statistics.median(seconds) / base:.2f}x" if base else "n/a"
         print(f"| {loss} | {statistics.mean(seconds):.3f} | {statistics.median(seconds):.3f} | {ratio} |")
+
+    names = ["structure", "student forward", "teacher forward", "L_seg", "L_kd", "L_topo", "L_grad", "backward",
+             "optimizer"]
+    print("\nWhere a step's time goes: median seconds of each part (a term's backward counts in backward)\n")
+    print("| loss | " + " | ".join(names) + " | other | step |")
+    print("|---|" + "---|" * (len(names) + 2))
+    for loss, steps in parts.items():
+        median = {name: statistics.median(p.get(name, 0.0) for p in steps) for name in [*names, "step"]}
+        other = median["step"] - sum(median[name] for name in names)
+        cells = [f"{median[name]:.3f}" if any(name in p for p in steps) else "—" for name in names]
+        print(f"| {loss} | " + " | ".join(cells) + f" | {other:.3f} | {median['step']:.3f} |")
 
 
 if __name__ == "__main__":

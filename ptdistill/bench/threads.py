@@ -1,0 +1,137 @@
+"""Thread policy on a real, busy machine: training throughput over intra-op threads × loader workers, two
+runs side by side, and the forward beside a busy process.
+
+    python -m ptdistill.bench.threads [--steps 10] [--points 34000] [OVERRIDE ...]
+
+Every measurement runs in a fresh process, so that OMP_NUM_THREADS and OMP_WAIT_POLICY hold before torch
+starts its thread pool. The tables:
+1. Training steps/s of the demo's stage-1 teacher step and stage-2 `kld` step (`train.py experiment=demo`),
+   fed by the real DataModule and its workers (the wait for a batch counts), over torch threads {1, 2} ×
+   `num_workers` {0, 1, 2}.
+2. Two one-thread runs side by side, as `stage.baseline_alongside` runs them: their steps/s added up,
+   against one run on two threads.
+3. The paper student's eval forward on `lidar_like_batch(34000)`, quiet and beside one busy process (a
+   spin loop that the benchmark starts and stops), on 1 and 2 threads, OpenMP threads spinning (active)
+   or sleeping (passive) while they wait.
+Needs the synthetic scans (`make train` generates them, or any train.py run).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from itertools import islice
+
+STEPS = ("teacher", "kld")
+
+
+def _train_steps(kind: str, workers: int, steps: int, overrides: list[str]) -> float:
+    """Steps/s of one training step kind, data loading included, after two warm-up steps."""
+    from hydra.utils import instantiate
+
+    from ptdistill.bench.distill_step import row_config, training_step
+
+    stage = ["stage=teacher"] if kind == "teacher" else []
+    cfg = row_config("kld", [*stage, f"dataset.datamodule.num_workers={workers}", *overrides])
+    step = training_step(cfg)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: nothing is logged
+    batches = iter(islice(datamodule.train_dataloader(), steps + 2))
+    for batch in islice(batches, 2):
+        step(batch)
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    return steps / (time.perf_counter() - start)
+
+
+def _forward_seconds(points: int, runs: int) -> float:
+    """Median seconds of the paper student's eval forward on a LiDAR-like scan."""
+    import torch
+    from hydra.utils import instantiate
+
+    from ptdistill.bench.batches import lidar_like_batch
+    from ptdistill.config import model_config
+
+    model = instantiate(model_config("ptv3").model.student).eval()
+    batch = lidar_like_batch(points)
+    times = []
+    with torch.inference_mode():
+        model(batch)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(batch)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(job: dict, threads: int, wait_policy: str = "active") -> subprocess.Popen:
+    """Start one measurement in a fresh process; its result is the JSON line it prints."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": wait_policy.upper()}
+    return subprocess.Popen([sys.executable, "-m", "ptdistill.bench.threads", "--job", json.dumps(job)],
+                            env=env, stdout=subprocess.PIPE, text=True)
+
+
+def result(process: subprocess.Popen) -> float:
+    out, _ = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"a measurement failed (exit {process.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--points", type=int, default=34000)
+    parser.add_argument("--runs", type=int, default=3, help="forwards per measurement (median)")
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the training steps")
+    args = parser.parse_args()
+    if args.job:  # a measurement process
+        job = json.loads(args.job)
+        value = (_train_steps(job["kind"], job["workers"], args.steps, job["overrides"]) if "kind" in job
+                 else _forward_seconds(job["points"], job["runs"]))
+        print(json.dumps(value))
+        return
+
+    print(f"\n1. Training steps/s, experiment=demo, data loading included ({args.steps} steps after 2)\n")
+    print("| step | threads | num_workers=0 | num_workers=1 | num_workers=2 |")
+    print("|---|---|---|---|---|")
+    for kind in STEPS:
+        for threads in (1, 2):
+            rates = [result(measure({"kind": kind, "workers": w, "overrides": args.overrides}, threads))
+                     for w in (0, 1, 2)]
+            print(f"| {kind} | {threads} | " + " | ".join(f"{r:.2f}" for r in rates) + " |", flush=True)
+
+    print("\n2. Two runs side by side (stage.baseline_alongside), one thread each, num_workers=0\n")
+    print("| steps | steps/s, 1 run × 2 threads | steps/s, 2 runs × 1 thread (sum) |")
+    print("|---|---|---|")
+    for pair in (("teacher", "kld"), ("kld", "kld")):
+        alone = result(measure({"kind": pair[0], "workers": 0, "overrides": args.overrides}, 2))
+        both = [measure({"kind": kind, "workers": 0, "overrides": args.overrides}, 1) for kind in pair]
+        print(f"| {' + '.join(pair)} | {alone:.2f} ({pair[0]}) | {sum(result(p) for p in both):.2f} |", flush=True)
+
+    print(f"\n3. Paper student eval forward, {args.points} points (median of {args.runs}), seconds\n")
+    print("| threads | OMP_WAIT_POLICY | quiet | beside a busy process | ratio |")
+    print("|---|---|---|---|---|")
+    job = {"points": args.points, "runs": args.runs}
+    for threads in (1, 2):
+        for policy in ("active", "passive"):
+            quiet = result(measure(job, threads, policy))
+            spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                busy = result(measure(job, threads, policy))
+            finally:
+                spin.kill()
+                spin.wait()
+            print(f"| {threads} | {policy} | {quiet:.3f} | {busy:.3f} | {busy / quiet:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -46,6 +46,21 @@ def test_report_gives_each_row_its_paired_difference_from_kld(tmp_path):
 
 
 @pytest.mark.slow
+def test_kd_gain_table_pairs_every_kd_row_with_the_no_kd_arm_and_with_kld():
+    from ptdistill.bench.kd_gain import summary
+
+    test = {("student", 0): 70.0, ("student", 1): 72.5, ("student", 2): 71.0, ("kld", 0): 71.5, ("kld", 1): 73.0,
+            ("kld", 2): 72.75, ("topo+grad", 0): 70.5, ("topo+grad", 2): 71.25}  # topo+grad misses seed 1
+    results = [{"seed": seed, "arm": arm, "test_mIoU": v, "agreement": 0.9, "kl_teacher_student": 0.1}
+               for (arm, seed), v in test.items()]
+    row = next(line for line in summary(results, ["kld", "topo+grad"]).splitlines() if line.startswith("| topo+grad |"))
+    vs_student = paired_difference([70.5, 71.25], [70.0, 71.0])
+    vs_kld = paired_difference([70.5, 71.25], [71.5, 72.75])
+    assert row.startswith(f"| topo+grad | {(70.5 + 71.25) / 2:.2f} | {vs_student['mean']:+.2f} "
+                          f"| [{vs_student['low']:+.2f}, {vs_student['high']:+.2f}] | 2 | {vs_kld['mean']:+.2f} "
+                          f"| [{vs_kld['low']:+.2f}, {vs_kld['high']:+.2f}] | 2 |")
+
+
 def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
     overrides = [*TINY, "trainer.max_epochs=1", f"paths.data_dir={tmp_path.parent}/data", "trainer.check_val_every_n_epoch=1"]
     out = tmp_path / "bench"

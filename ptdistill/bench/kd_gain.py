@@ -118,8 +118,8 @@ def read_results(path: Path) -> list[dict]:
 
 
 def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> str:
-    """Markdown: per-seed mIoU of each arm, then each row's paired difference from the no-KD arm over the
-    seeds that have both."""
+    """Markdown: per-seed mIoU of each arm, then each row's paired difference from the no-KD arm and from
+    the first KD row (`kld`), each over the seeds that have both."""
     seeds = sorted({r["seed"] for r in results})
     value = {(r["seed"], r["arm"]): r for r in results}
     arms = [BASELINE, *rows]
@@ -135,8 +135,18 @@ def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> 
              "|" + "---|" * (1 + len(arms) + len(rows))]
     for seed in seeds:
         lines.append(f"| {seed} | " + " | ".join([*(cell(seed, a) for a in arms), *(gain(seed, a) for a in rows)]) + " |")
+    first = rows[0] if rows else None  # the other KD rows are also paired against the first (kld)
     lines += ["", f"| row | mean {metric} | paired difference from {BASELINE} | 95 % t-interval | n "
-              "| val agreement with teacher | val KL(T‖S) |", "|---|---|---|---|---|---|---|"]
+              f"| paired difference from {first} | 95 % t-interval | n | val agreement with teacher | val KL(T‖S) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def paired(arm, reference):
+        both = [s for s in seeds if (s, arm) in value and (s, reference) in value]
+        if arm == reference or not both:
+            return ["—", "—", "—"]
+        d = paired_difference([value[(s, arm)][metric] for s in both], [value[(s, reference)][metric] for s in both])
+        return [f"{d['mean']:+.2f}", f"[{d['low']:+.2f}, {d['high']:+.2f}]", str(d["n"])]
+
     for arm in arms:
         mine = [s for s in seeds if (s, arm) in value]
         if not mine:
@@ -144,14 +154,10 @@ def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> 
         mean = sum(value[(s, arm)][metric] for s in mine) / len(mine)
         agreement = sum(value[(s, arm)]["agreement"] for s in mine) / len(mine)
         kl = sum(value[(s, arm)]["kl_teacher_student"] for s in mine) / len(mine)
-        paired = [s for s in mine if (s, BASELINE) in value]
-        if arm == BASELINE or not paired:
-            diff, interval, n = "—", "—", len(mine)
-        else:
-            d = paired_difference([value[(s, arm)][metric] for s in paired], [value[(s, BASELINE)][metric] for s in paired])
-            diff, interval, n = f"{d['mean']:+.2f}", f"[{d['low']:+.2f}, {d['high']:+.2f}]", d["n"]
+        versus_first = paired(arm, first) if arm != BASELINE else ["—", "—", "—"]
+        cells = [f"{mean:.2f}", *paired(arm, BASELINE), *versus_first, f"{100 * agreement:.2f} %", f"{kl:.4f}"]
         name = f"{arm} (no KD)" if arm == BASELINE else arm
-        lines.append(f"| {name} | {mean:.2f} | {diff} | {interval} | {n} | {100 * agreement:.2f} % | {kl:.4f} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ A PTv3 training step is many small gather, scatter and sort ops that scale poorl
 (`python -m ptdistill.bench.distill_step`). So two one-thread runs side by side finish far sooner than
 the same runs one after the other on two threads. The child is `train.py stage=student` with this run's
 overrides, in `<run>/student`, on half the threads; this process takes the rest, and all of them back as
-soon as the child ends (at the next epoch).
+soon as the child ends (at the next epoch). The dataset is prepared (generated) before the child starts.
 """
 
 import json
@@ -43,9 +43,13 @@ class SideRun:
                  stage, child_threads, self.threads, self.output)
 
     def reclaim_threads(self) -> bool:
-        """Give this process every thread again once the child has ended; whether it has."""
+        """Give this process every thread again once the child has ended; whether it has. A failed child
+        stops this run too, at once rather than at the end."""
         if self.process.poll() is None:
             return False
+        if self.process.returncode != 0:
+            raise RuntimeError(f"the child run in {self.folder} failed (exit {self.process.returncode}); "
+                               f"its output: {self.output}")
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
             log.info("The child run ended: this run is back on %d threads", self.threads)
@@ -53,10 +57,8 @@ class SideRun:
 
     def join(self) -> dict:
         """The child's metrics.json (val/mIoU, test/mIoU when run, checkpoint); raises if it failed."""
-        code = self.process.wait()
+        self.process.wait()
         self.reclaim_threads()
-        if code != 0:
-            raise RuntimeError(f"the child run in {self.folder} failed (exit {code}); its output: {self.output}")
         return json.loads((self.folder / "metrics.json").read_text())
 
 

@@ -120,7 +120,10 @@ def train(cfg: DictConfig) -> float:
         result = fit(cfg)
         _write_metrics(cfg, cfg.stage.name, result, rows=None)
         return result["val/mIoU"]
-    side_run = SideRun("student") if cfg.stage.baseline and cfg.stage.baseline_alongside else None
+    side_run = None
+    if cfg.stage.baseline and cfg.stage.baseline_alongside:
+        instantiate(cfg.dataset.datamodule).prepare_data()  # generated once, before two processes read it
+        side_run = SideRun("student")
     reclaim = (ReclaimThreads(side_run),) if side_run else ()
     teacher_checkpoint, teacher_miou = resolve_teacher(cfg, reclaim)
     rows = {"teacher": {"val/mIoU": teacher_miou}}

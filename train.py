@@ -1,20 +1,15 @@
 """Train ptdistill: `python train.py dataset=semantickitti loss=topo+grad` (see README.md)."""
 
+import logging
 import os
 
-# Before torch loads OpenMP: waiting threads sleep instead of spinning, so a busy neighbour (another
-# run, the loader's workers) costs 1.9x, not 2.7x (`python -m ptdistill.bench.threads`, table 3).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
 
-import logging  # noqa: E402
-
-import hydra  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from ptdistill.config import check_targets  # noqa: E402
-from ptdistill.errors import exits_on_user_error  # noqa: E402
-from ptdistill.tasks.train import train  # noqa: E402
+from ptdistill.config import check_targets
+from ptdistill.errors import exits_on_user_error
+from ptdistill.tasks.train import train
 
 log = logging.getLogger("ptdistill")
 
@@ -29,7 +24,7 @@ def main(cfg: DictConfig) -> float:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     log.info("Thread policy: %d torch threads, OMP_WAIT_POLICY=%s, %d loader workers", torch.get_num_threads(),
-             os.environ["OMP_WAIT_POLICY"], cfg.dataset.datamodule.num_workers)
+             os.environ.get("OMP_WAIT_POLICY", "unset"), cfg.dataset.datamodule.num_workers)
     if cfg.get("print_config"):
         log.info("Config (also saved as %s/.hydra/config.yaml):\n%s", cfg.paths.output_dir, OmegaConf.to_yaml(cfg))
     return train(cfg)

@@ -199,20 +199,20 @@ def build_kernel_map(grid_coord: np.ndarray, batch: np.ndarray, kernel_size: int
     if np.any(sorted_key[1:] == sorted_key[:-1]):
         raise ValueError("grid_coord holds the same voxel twice in a sample; grid-sample the points first")
     padded_key = np.concatenate([sorted_key, np.full(k, np.iinfo(np.int64).max, dtype=np.int64)])
-    along_z, rows = np.arange(k), np.arange(len(key))[:, None]
+    along_z, sites = np.arange(k)[:, None], np.arange(len(key))
     in_index, out_index, counts = [], [], []
     for column in range(k * k):
         dx, dy = divmod(column, k)
         window = sorted_key + ((dx - radius) * extent[1] + dy - radius) * extent[2] - radius  # (N,) sorted
-        candidate = np.searchsorted(sorted_key, window)[:, None] + along_z  # (N, k) sorted positions
-        dz = np.minimum(padded_key[candidate] - window[:, None], k)  # (N, k) z offset + radius; k: no site
-        neighbour = np.full((len(key), k + 1), -1, dtype=np.int64)
-        neighbour[rows, dz] = candidate  # one site's dz are distinct; column k collects the misses
-        neighbour = neighbour[:, :k]
+        candidate = np.searchsorted(sorted_key, window) + along_z  # (k, N) sorted positions
+        dz = np.minimum(padded_key[candidate] - window, k)  # (k, N) z offset + radius; k: no site
+        neighbour = np.full((k + 1, len(key)), -1, dtype=np.int64)
+        neighbour[dz, sites] = candidate  # one site's dz are distinct; row k collects the misses
+        neighbour = neighbour[:k]
         if column == k * k // 2:
-            neighbour[:, radius] = -1  # the centre offset is handled densely
-        z_offset, site = np.nonzero(neighbour.T >= 0)  # grouped by z offset, sites in key order
-        in_index.append(perm[neighbour[site, z_offset]])
+            neighbour[radius] = -1  # the centre offset is handled densely
+        z_offset, site = np.nonzero(neighbour >= 0)  # grouped by z offset, sites in key order
+        in_index.append(perm[neighbour[z_offset, site]])
         out_index.append(perm[site])
         counts.append(np.bincount(z_offset, minlength=k))
     counts = np.concatenate(counts)

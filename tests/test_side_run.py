@@ -34,3 +34,9 @@ def test_a_failed_child_stops_the_run_naming_its_output(tmp_path):
     run.process.wait()
     with pytest.raises(RuntimeError, match=r"failed \(exit 3\).*stdout.log"):
         run.reclaim_threads()
+
+
+def test_leaving_without_join_stops_the_child(tmp_path):
+    with _side_run(tmp_path, "import time; time.sleep(60)") as run:
+        pass
+    assert run.process.returncode is not None  # terminated, not left running

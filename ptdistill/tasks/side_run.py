@@ -1,9 +1,9 @@
 """The no-KD student trained in a child process beside the teacher and the KD student (`stage.baseline_alongside`).
 
 A PTv3 training step is many small gather, scatter and sort ops that scale poorly across threads: on the
-2-core CPU a teacher step takes 0.90 s on one thread and 0.74 s on two, a student step 0.52 s and 0.55 s
-(`python -m ptdistill.bench.distill_step`). So two one-thread runs side by side finish far sooner than
-the same runs one after the other on two threads. The child is `train.py stage=student` with this run's
+2-core CPU, the demo's teacher and KD student side by side on one thread each do 2.04 steps/s, one of them
+alone on two threads 1.04 (`python -m ptdistill.bench.threads`). So two runs side by side finish far
+sooner than one after the other. The child is `train.py stage=student` with this run's
 overrides, in `<run>/student`, on half the threads; this process takes the rest, and all of them back as
 soon as the child ends (at the next epoch). The dataset is prepared (generated) before the child starts.
 """
@@ -54,6 +54,15 @@ class SideRun:
             torch.set_num_threads(self.threads)
             log.info("The child run ended: this run is back on %d threads", self.threads)
         return True
+
+    def __enter__(self) -> "SideRun":
+        return self
+
+    def __exit__(self, *error) -> None:
+        """Stop the child when this run ends without joining it (an error, Ctrl-C)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
 
     def join(self) -> dict:
         """The child's metrics.json (val/mIoU, test/mIoU when run, checkpoint); raises if it failed."""

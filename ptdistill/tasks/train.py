@@ -4,6 +4,7 @@ A stage-2 run needs a teacher. Without `stage.teacher_checkpoint`, the teacher t
 same dataset and teacher config is reused from `paths.teacher_dir`, or trained first (and logged).
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -124,16 +125,17 @@ def train(cfg: DictConfig) -> float:
     if cfg.stage.baseline and cfg.stage.baseline_alongside:
         instantiate(cfg.dataset.datamodule).prepare_data()  # generated once, before two processes read it
         side_run = SideRun("student")
-    reclaim = (ReclaimThreads(side_run),) if side_run else ()
-    teacher_checkpoint, teacher_miou = resolve_teacher(cfg, reclaim)
-    rows = {"teacher": {"val/mIoU": teacher_miou}}
-    if cfg.stage.baseline and not side_run:
-        rows["student (no KD)"] = fit(_compose_stage("student", "student"))
-    with open_dict(cfg):
-        cfg.model.teacher.checkpoint = teacher_checkpoint
-    student = fit(cfg, reclaim)
-    if side_run:
-        rows["student (no KD)"] = side_run.join()
+    with side_run or contextlib.nullcontext():
+        reclaim = (ReclaimThreads(side_run),) if side_run else ()
+        teacher_checkpoint, teacher_miou = resolve_teacher(cfg, reclaim)
+        rows = {"teacher": {"val/mIoU": teacher_miou}}
+        if cfg.stage.baseline and not side_run:
+            rows["student (no KD)"] = fit(_compose_stage("student", "student"))
+        with open_dict(cfg):
+            cfg.model.teacher.checkpoint = teacher_checkpoint
+        student = fit(cfg, reclaim)
+        if side_run:
+            rows["student (no KD)"] = side_run.join()
     rows[f"student (KD, loss={cfg.loss.name})"] = student
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(comparison_table(rows))

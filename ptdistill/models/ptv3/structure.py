@@ -114,8 +114,9 @@ class PointBatch:
         must have serialized the same batch along the same orders), else serialized here."""
         if level is None:
             level = Level.from_batch(batch, in_channels, orders)
-        else:
-            num_points = len(_validated(batch, in_channels)[2])
+        else:  # the batch was validated when the level was built; only the channels are this model's
+            _check_channels(batch["feat"], in_channels)
+            num_points = len(batch["feat"])
             if level.orders != tuple(orders) or len(level) != num_points:
                 raise ValueError(f"the shared level has {len(level)} rows serialized along {list(level.orders)}; "
                                  f"this model reads {num_points} points along {list(orders)}: only models with "
@@ -144,8 +145,7 @@ def _validated(batch: Mapping, in_channels: int) -> tuple[Tensor, Tensor, Tensor
     if missing:
         raise ValueError(f"batch lacks {missing}; PTv3 needs {list(REQUIRED_KEYS)}")
     coord, grid_coord, feat, offset = (batch[key] for key in REQUIRED_KEYS)
-    if feat.ndim != 2 or feat.shape[1] != in_channels:
-        raise ValueError(f"batch['feat'] has shape {tuple(feat.shape)}, expected (N, {in_channels}) (in_channels)")
+    _check_channels(feat, in_channels)
     num_points = len(feat)
     if num_points == 0:
         raise ValueError("batch is empty: batch['feat'] has no points")
@@ -169,3 +169,8 @@ def _validated(batch: Mapping, in_channels: int) -> tuple[Tensor, Tensor, Tensor
         empty = torch.nonzero(counts <= 0).flatten().tolist()
         raise ValueError(f"batch holds empty samples {empty} (batch['offset'] must increase strictly)")
     return coord, grid_coord.long(), feat, offset.long()
+
+
+def _check_channels(feat: Tensor, in_channels: int) -> None:
+    if feat.ndim != 2 or feat.shape[1] != in_channels:
+        raise ValueError(f"batch['feat'] has shape {tuple(feat.shape)}, expected (N, {in_channels}) (in_channels)")

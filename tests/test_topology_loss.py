@@ -114,3 +114,15 @@ def test_bad_input_gets_a_clear_error():
         loss(good, good, torch.tensor([6, 4, 10]))
     with pytest.raises(ValueError, match="normalization"):
         TopologyLoss(normalization="sphere")
+
+
+def test_approximate_mode_with_a_zero_bound_is_the_exact_loss_and_a_loose_one_differs():
+    teacher, offset = feats(120, 6, 2), torch.tensor([70, 120])
+    student = feats(120, 4, 3).requires_grad_()
+    exact = TopologyLoss(num_samples=120, workers=1)(student, teacher, offset)
+    tight = TopologyLoss(num_samples=120, workers=1, max_bottleneck=0.0)(student, teacher, offset)
+    loose = TopologyLoss(num_samples=120, workers=1, max_bottleneck=1.0)(student, teacher, offset)
+    torch.testing.assert_close(tight, exact)
+    assert loose != exact
+    (grad,) = torch.autograd.grad(loose, student)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0

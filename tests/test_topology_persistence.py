@@ -38,7 +38,7 @@ def exact_pairs(x: torch.Tensor):
 
 def our_pairs(x: torch.Tensor):
     """Our routing as the same (birth edge, death edge, birth, death) tuples, on a tie-free cloud."""
-    diagrams, routing = persistence._persistence(x, (0, 1), "gudhi", 0.0, route=True)
+    diagrams, routing = persistence._persistence(x, (0, 1), "gudhi", 0.0, route=True, max_bottleneck=None)
     assert len(set(routing.value_of_edge.tolist())) == len(routing.value_of_edge)  # one edge per value: no ties
     edge = dict(zip(routing.value_of_edge.tolist(), map(tuple, routing.edges.tolist())))
     return {
@@ -174,3 +174,47 @@ def test_h0_fast_path_equals_gudhi_values_and_gradients(n, c, duplicates, seed):
     (h0.sort(0).values[:, 1] * weights).sum().backward()
     (h0_full.sort(0).values[:, 1] * weights).sum().backward()
     torch.testing.assert_close(fast.grad, full.grad)
+
+
+def test_greedy_landmarks_stop_at_the_first_prefix_within_the_bound():
+    x = torch.tensor([[0.0], [10.0], [4.0], [7.0]], dtype=torch.float64)
+    dist = squareform(pdist(x.numpy()))
+    # From point 0: 10 is farthest; then 4 is 4 from its nearest landmark (0), 7 is 3 (from 10).
+    landmarks, bound = persistence.greedy_landmarks(dist, 8.0)
+    assert landmarks.tolist() == [0, 1] and bound == 8.0
+    landmarks, bound = persistence.greedy_landmarks(dist, 7.9)
+    assert landmarks.tolist() == [0, 1, 2] and bound == 6.0
+    landmarks, bound = persistence.greedy_landmarks(dist, 0.0)
+    assert sorted(landmarks.tolist()) == [0, 1, 2, 3] and bound == 0.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 60), c=st.integers(2, 5), limit=st.floats(0.0, 3.0), seed=st.integers(0, 2**31 - 1))
+def test_approximate_mode_is_within_its_bottleneck_bound_with_h0_exact(n, c, limit, seed):
+    x = cloud(n, c, seed)
+    landmarks, bound = persistence.greedy_landmarks(squareform(pdist(x.numpy())), limit)
+    exact = rips_diagrams(x)
+    approx = rips_diagrams(x, max_bottleneck=limit)
+    assert bound <= limit
+    assert torch.equal(approx[0].sort(0).values, exact[0].sort(0).values)  # H0 from the whole cloud
+    assert gudhi.bottleneck_distance(approx[1].numpy(), exact[1].numpy()) <= bound + 1e-12
+    # The higher diagrams are the landmarks' exact diagrams.
+    assert torch.equal(approx[1].sort(0).values, rips_diagrams(x[landmarks])[1].sort(0).values)
+
+
+def test_approximate_higher_diagrams_route_gradients_to_the_landmarks_critical_edges():
+    x = cloud(80, 3, 7)
+    landmarks, _ = persistence.greedy_landmarks(squareform(pdist(x.numpy())), 1.0)
+    assert 3 < len(landmarks) < 80  # a real subsample
+    whole, part = x.clone().requires_grad_(), x[landmarks].clone().requires_grad_()
+    approx_h1, exact_h1 = rips_diagrams(whole, max_bottleneck=1.0)[1], rips_diagrams(part)[1]
+    assert len(exact_h1) > 0
+    approx_h1.sum().backward()
+    exact_h1.sum().backward()
+    expected = torch.zeros_like(x).index_add(0, torch.as_tensor(landmarks), part.grad)
+    torch.testing.assert_close(whole.grad, expected)
+
+
+def test_approximate_mode_refuses_a_negative_bound():
+    with pytest.raises(ValueError, match="max_bottleneck"):
+        rips_diagrams(torch.randn(5, 2), max_bottleneck=-0.1)

@@ -1,6 +1,6 @@
 """Table 8: forward/backward time and peak memory of differentiable H0+H1 Rips persistence layers.
 
-    python -m ptdistill.bench.persistence [--quick] [--threads 2] [--repeats 5] [--naive-limit 60]
+    python -m ptdistill.bench.persistence [--quick] [--approximate-only] [--threads 2] [--repeats 5] [--naive-limit 60]
 
 Input: a synthetic LiDAR scan of N points (`batches.lidar_like_batch`) lifted to 64 channels by a
 fixed random MLP and normalised as L_topo does; a second MLP gives the teacher cloud. The same inputs
@@ -12,7 +12,10 @@ Forward computes the diagrams; backward takes the PWCD loss's gradient (computed
 back to the features. Each (layer, N) runs in a fresh process: peak memory is the growth of its peak
 resident size over one cold step (Linux VmHWM, reset through /proc/self/clear_refs, so C++ buffers
 count too); times are medians of warm repeats. Then: ours against the raw gudhi call at N=1024, and a
-batch of 12 clouds on 1 and 2 workers against the peer. Other processes on the machine add noise.
+batch of 12 clouds on 1 and 2 workers against the peer. Last, the approximate mode (`max_bottleneck`)
+against exact at N = 256, 512 and 1024, on clouds normalised as L_topo's default (RMS pairwise distance 1):
+forward and backward times, the landmarks it kept, its bound, and the bottleneck distance of each of its
+diagrams to the exact one. Other processes on the machine add noise.
 """
 
 import argparse
@@ -20,16 +23,19 @@ import multiprocessing
 import statistics
 import time
 
+import gudhi
 import torch
+from scipy.spatial.distance import pdist, squareform
 
 from ptdistill.bench.batches import lidar_like_batch
 from ptdistill.bench.naive_rips import naive_rips_diagrams
 from ptdistill.losses.topo import normalize
 from ptdistill.topology.chamfer import pwcd
-from ptdistill.topology.persistence import rips_diagrams, rips_diagrams_batch
+from ptdistill.topology.persistence import greedy_landmarks, rips_diagrams, rips_diagrams_batch
 
 SIZES = (30, 60, 100, 200, 400, 800, 1024)
 BATCH, BATCH_POINTS = 12, 1024
+APPROXIMATE_SIZES, BOUNDS = (256, 512, 1024), (None, 0.05, 0.1, 0.2)
 
 
 def feature_cloud(num_points: int, seed: int, mlp_seed: int) -> torch.Tensor:
@@ -122,6 +128,32 @@ def _raw_overhead(repeats: int, threads: int):
     return statistics.median(ours_t[1:]), statistics.median(raw_t[1:])
 
 
+def _approximate(num_points: int, bound: float | None, repeats: int, threads: int):
+    """Median fwd and bwd times (s) of the H0+H1 layer, exact (bound None) or approximate, on one cloud; the
+    landmarks kept, the mode's bound 2r, and the bottleneck distance of its H0 and H1 to the exact ones."""
+    torch.set_num_threads(threads)
+    x = normalize(feature_cloud(num_points, seed=0, mlp_seed=0), "rms_pairwise").detach()
+    teacher = [rips_diagrams(normalize(feature_cloud(num_points, seed=0, mlp_seed=1), "rms_pairwise"))]
+    fn = lambda clouds: rips_diagrams_batch(clouds, (0, 1), max_bottleneck=bound)  # noqa: E731
+    times = [_step(fn, [x], teacher) for _ in range(repeats + 1)][1:]
+    fwd, bwd = (statistics.median(t[k] for t in times) for k in (0, 1))
+    exact, approx = rips_diagrams(x), rips_diagrams(x, max_bottleneck=bound)
+    errors = [gudhi.bottleneck_distance(a.numpy(), e.numpy()) for a, e in zip(approx, exact)]
+    landmarks, realised = (num_points, 0.0) if bound is None else greedy_landmarks(squareform(pdist(x.double())), bound)
+    return fwd, bwd, landmarks if isinstance(landmarks, int) else len(landmarks), realised, *errors
+
+
+def _approximate_table(repeats: int, threads: int, ctx) -> None:
+    print("\n| N | max_bottleneck | fwd (s) | bwd (s) | fwd+bwd (s) | landmarks | bound 2r | d_B H0 | d_B H1 |")
+    print("|---" * 9 + "|")
+    for n in APPROXIMATE_SIZES:
+        for bound in BOUNDS:
+            fwd, bwd, kept, realised, h0, h1 = _in_fresh_process(ctx, _approximate, n, bound, repeats, threads,
+                                                                 timeout=600)
+            print(f"| {n} | {'exact' if bound is None else bound} | {fwd:.3f} | {bwd:.4f} | {fwd + bwd:.3f} | {kept} "
+                  f"| {realised:.3f} | {h0:.4f} | {h1:.4f} |", flush=True)
+
+
 def _in_fresh_process(pool_context, fn, *args, timeout: float):
     with pool_context.Pool(1) as pool:
         try:
@@ -140,9 +172,12 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--naive-limit", type=float, default=60.0, help="seconds before the naive baseline stops")
+    parser.add_argument("--approximate-only", action="store_true", help="only the approximate mode against exact")
     args = parser.parse_args(argv)
     sizes, repeats, limit = ((30, 100, 1024), 2, 10.0) if args.quick else (SIZES, args.repeats, args.naive_limit)
     ctx = multiprocessing.get_context("spawn")
+    if args.approximate_only:
+        return _approximate_table(repeats, args.threads, ctx)
     has_peer = diagram_fns()["peer"] is not None
 
     print("| N | ours fwd (s) | ours bwd (s) | ours mem (MB) | naive fwd (s) | naive bwd (s) | naive mem (MB) "
@@ -178,6 +213,7 @@ def main(argv=None) -> None:
     print(f"2 workers vs 1: {batch['ours, 1 worker'] / batch['ours, 2 workers']:.2f}x" + (
         f"; ours (2 workers) vs torch-topological: {batch['torch-topological'] / batch['ours, 2 workers']:.2f}x"
         if has_peer else ""))
+    _approximate_table(repeats, args.threads, ctx)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ class TopologyLoss(nn.Module):
     normaliser stabiliser; eps_dist: the edge-gradient stabiliser; tie_tol: tau_tie of Alg. 3;
     normalization: "rms_pairwise" (O(MC)) or "mean_pairwise" (O(M^2 C)) scale; seed: TPS start points;
     distance: "pwcd", the paper's persistence-weighted Chamfer distance (Eq. 2-3), or "chamfer", the
-    authors' code's plain Chamfer distance between the (birth, death) points.
+    authors' code's plain Chamfer distance between the (birth, death) points; max_bottleneck: None for
+    exact diagrams, or the approximate mode's bound on each diagram's bottleneck error, in the units of
+    the normalised clouds (`ptdistill.topology.persistence`).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class TopologyLoss(nn.Module):
         normalization: Normalization = "rms_pairwise",
         seed: int = 0,
         distance: Literal["pwcd", "chamfer"] = "pwcd",
+        max_bottleneck: float | None = None,
     ):
         super().__init__()
         if distance not in DIAGRAM_DISTANCES:
@@ -81,6 +84,7 @@ class TopologyLoss(nn.Module):
         self.normalization = normalization
         self.seed = seed
         self.distance = distance
+        self.max_bottleneck = max_bottleneck
 
     def _clouds(self, student_feat, teacher_feat, offset):
         """Normalised TPS subsamples per sample: lists of student (M_b, C_S) and teacher (M_b, C_T) clouds."""
@@ -113,7 +117,8 @@ class TopologyLoss(nn.Module):
         """Per sample, (teacher, student) diagrams: lists over dims of (K_d, 2). One thread pool runs all
         clouds; the detached teacher clouds skip critical-edge recovery."""
         dgms = rips_diagrams_batch(
-            teachers + students, self.dims, self.backend, self.workers, self.eps_dist, self.tie_tol
+            teachers + students, self.dims, self.backend, self.workers, self.eps_dist, self.tie_tol,
+            self.max_bottleneck,
         )
         return list(zip(dgms[: len(teachers)], dgms[len(teachers) :]))
 

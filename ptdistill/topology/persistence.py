@@ -16,6 +16,13 @@ of one simplex share a vertex); keep `tie_tol` at rounding level.
 
 H0 births are 0. Infinite (essential) and zero-persistence pairs are dropped. With dims (0,) the gudhi
 backend hands over to a minimum spanning tree (`_mst_pairs`), which gives the same H0 values.
+
+Approximate mode (`max_bottleneck`): H0 stays exact (the spanning tree of the whole cloud), and the higher
+dims are computed on landmarks, the shortest prefix of a greedy permutation whose covering radius r has
+2r <= max_bottleneck (`greedy_landmarks`). Rips stability (Chazal, de Silva and Oudot, 2014: the bottleneck
+distance between Rips diagrams is at most 2 d_GH, and d_GH(X, L) <= d_H(X, L) = r for L in X) bounds the
+error of every higher diagram by 2r. Landmark edges are edges of the cloud, so every value still has an
+exact critical edge.
 """
 
 import functools
@@ -71,6 +78,38 @@ def _mst_pairs(dist: np.ndarray, dims: tuple[int, ...]) -> list[np.ndarray]:
     return [np.stack([np.zeros(m - 1), deaths], 1)]
 
 
+def greedy_landmarks(dist: np.ndarray, max_bottleneck: float) -> tuple[np.ndarray, float]:
+    """Landmarks (L,) of the cloud with distance matrix dist (M, M), and their bottleneck bound 2r.
+
+    Farthest-point order from vertex 0, stopped at the first prefix whose covering radius r (the largest
+    distance from a point to its nearest landmark) has 2r <= max_bottleneck; all M points if none does
+    (then r = 0 and the diagrams are exact). O(M) per landmark on the precomputed matrix.
+    """
+    m = len(dist)
+    landmarks = [0]
+    reach = dist[0].copy()  # (M,) distance from each point to its nearest landmark
+    while len(landmarks) < m:
+        farthest = int(np.argmax(reach))
+        if 2 * reach[farthest] <= max_bottleneck:
+            break
+        landmarks.append(farthest)
+        reach = np.minimum(reach, dist[farthest])
+    return np.array(landmarks), 2 * float(reach.max())
+
+
+def _landmark_pairs(dist: np.ndarray, dims: tuple[int, ...], backend: str, max_bottleneck: float):
+    """The approximate mode's pairs per dim: H0 exact from the whole cloud's spanning tree, the higher dims
+    from the backend on `greedy_landmarks`, each within bottleneck distance 2r of the exact diagram."""
+    higher = tuple(d for d in dims if d > 0)
+    pairs = {}
+    if higher:
+        landmarks, _ = greedy_landmarks(dist, max_bottleneck)
+        pairs = dict(zip(higher, BACKENDS[backend](dist[np.ix_(landmarks, landmarks)], higher)))
+    if 0 in dims:
+        pairs[0] = _mst_pairs(dist, (0,))[0]
+    return [pairs[d] for d in dims]
+
+
 BACKENDS: dict[str, Callable[[np.ndarray, tuple[int, ...]], list[np.ndarray]]] = {
     "gudhi": _gudhi_pairs,
     "giotto": _giotto_pairs,
@@ -114,8 +153,11 @@ def _critical_edges(length: np.ndarray, m: int, values: np.ndarray, tie_tol: flo
     sorted distinct diagram values (Q,), looked up among the condensed (pdist-order) edge lengths of a cloud
     of m points; tied maximiser edges share a value's gradient uniformly."""
     q = len(values)
-    # Candidates: edges within tie_tol of some value (two binary searches per edge).
-    near = np.searchsorted(values, length - tie_tol) < np.searchsorted(values, length + tie_tol, side="right")
+    if q == 0:
+        return np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
+    # Candidates: edges within tie_tol of some value: the first value >= length - tie_tol is <= length + tie_tol.
+    first = np.minimum(np.searchsorted(values, length - tie_tol), q - 1)
+    near = np.abs(values[first] - length) <= tie_tol
     candidates = near.nonzero()[0]
     order = np.argsort(length[candidates], kind="stable")
     candidates, sorted_length = candidates[order], length[candidates[order]]
@@ -146,8 +188,11 @@ def _edge_vertices(m: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(m, 1)
 
 
-def _persistence(x: torch.Tensor, dims: tuple[int, ...], backend: str, tie_tol: float, route: bool):
-    """Finite pairs per dim (float64) of cloud x (M, C), and their _Routing if `route`.
+def _persistence(
+    x: torch.Tensor, dims: tuple[int, ...], backend: str, tie_tol: float, route: bool, max_bottleneck: float | None
+):
+    """Finite pairs per dim (float64) of cloud x (M, C), and their _Routing if `route`; approximate (the
+    module docstring) when max_bottleneck is set.
 
     Runs single-threaded in numpy/scipy, which release the GIL, so clouds can run side by side on threads.
     """
@@ -156,7 +201,12 @@ def _persistence(x: torch.Tensor, dims: tuple[int, ...], backend: str, tie_tol: 
     length = pdist(x64)  # (M(M-1)/2,) condensed, from exact per-pair differences (no matrix-product rounding)
     if dims == (0,) and backend == "gudhi":  # the H0-only fast path: same values, a fraction of the time
         backend = "mst"
-    raw = BACKENDS[backend](squareform(length), dims) if m > 1 else [np.empty((0, 2)) for _ in dims]
+    if m < 2:
+        raw = [np.empty((0, 2)) for _ in dims]
+    elif max_bottleneck is None:
+        raw = BACKENDS[backend](squareform(length), dims)
+    else:
+        raw = _landmark_pairs(squareform(length), dims, backend, max_bottleneck)
     pairs = [p[np.isfinite(p[:, 1]) & (p[:, 1] > p[:, 0])] for p in raw]
     if not route:
         return pairs, None
@@ -179,7 +229,10 @@ def _differentiable(x: torch.Tensor, routing: _Routing, eps_dist: float) -> list
     return [values[torch.as_tensor(s, device=x.device)] for s in routing.slots]
 
 
-def _check(clouds: Sequence[torch.Tensor], dims: Sequence[int], backend: str, workers: int) -> None:
+def _check(clouds: Sequence[torch.Tensor], dims: Sequence[int], backend: str, workers: int,
+           max_bottleneck: float | None) -> None:
+    if max_bottleneck is not None and not max_bottleneck >= 0:
+        raise ValueError(f"max_bottleneck must be >= 0 (or None for exact diagrams), got {max_bottleneck}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
     if not dims or len(set(dims)) != len(dims) or min(dims) < 0:
@@ -200,18 +253,21 @@ def rips_diagrams_batch(
     workers: int = 1,
     eps_dist: float = 1e-8,
     tie_tol: float = 0.0,
+    max_bottleneck: float | None = None,
 ) -> list[list[torch.Tensor]]:
     """Finite Rips diagrams of each cloud (M_b, C_b): per cloud, one (K_d, 2) tensor of (birth, death) per dim.
 
     The backend runs for `workers` clouds at a time on a thread pool (gudhi releases the GIL). A cloud that
     needs no gradient gets its diagrams straight from the backend values, without edge recovery.
+    max_bottleneck: None for exact diagrams; else the approximate mode, every diagram within this
+    bottleneck distance of the exact one (H0 exact).
     """
     dims = tuple(int(d) for d in dims)
-    _check(clouds, dims, backend, workers)
+    _check(clouds, dims, backend, workers, max_bottleneck)
     route = [torch.is_grad_enabled() and x.requires_grad for x in clouds]
 
     def run(x: torch.Tensor, r: bool):
-        return _persistence(x, dims, backend, tie_tol, r)
+        return _persistence(x, dims, backend, tie_tol, r, max_bottleneck)
 
     if workers == 1:
         results = list(map(run, clouds, route))
@@ -230,7 +286,9 @@ def rips_diagrams(
     backend: str = "gudhi",
     eps_dist: float = 1e-8,
     tie_tol: float = 0.0,
+    max_bottleneck: float | None = None,
 ) -> list[torch.Tensor]:
     """Finite Vietoris-Rips diagrams of x (N, C): one (K_d, 2) tensor of (birth, death) per dim in dims,
-    differentiable with respect to x through the critical edges (Theorem 1)."""
-    return rips_diagrams_batch([x], dims, backend, 1, eps_dist, tie_tol)[0]
+    differentiable with respect to x through the critical edges (Theorem 1); approximate within
+    max_bottleneck when it is set."""
+    return rips_diagrams_batch([x], dims, backend, 1, eps_dist, tie_tol, max_bottleneck)[0]

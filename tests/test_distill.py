@@ -190,3 +190,47 @@ def test_a_shared_structure_gives_the_outputs_of_separate_builds(distill_setup, 
         assert torch.equal(shared["logits"], separate["logits"])
         for name, tap in shared["taps"].items():
             assert torch.equal(tap.feat, separate["taps"][name].feat) and torch.equal(tap.index, separate["taps"][name].index)
+
+
+def test_topo_starts_its_persistence_inside_the_teachers_forward_and_equals_the_synchronous_loss(
+    distill_setup, tiny_config, monkeypatch
+):
+    """loss=topo (the teacher then runs without grad), overlap on: L_topo starts once per step, at the
+    teacher's enc4 tap, before its decoder and head have run, and joins to the loss and student gradients
+    of a synchronous L_topo."""
+    _, batch = distill_setup
+    module = _module(tiny_config("loss=topo", "loss.terms.topo.loss.num_samples=48", "loss.terms.topo.overlap=true"))
+    module.train()
+    term = module.terms["topo"]
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    head_ran, started = [], []
+    module.teacher.seg_head.register_forward_hook(lambda *args: head_ran.append(True))
+    start = term.start
+    monkeypatch.setattr(term, "start", lambda *args: started.append(bool(head_ran)) or start(*args))
+    results = {}
+    for overlapped in (True, False):
+        if not overlapped:
+            monkeypatch.setattr(term, "start", lambda *args: None)  # forward then computes it in place
+        torch.manual_seed(3)  # the same order shuffles and drop-path draws
+        value = term(module.distill_step(batch))
+        results[overlapped] = (value, torch.autograd.grad(value, params, allow_unused=True))
+    assert started == [False]
+    (value, grads), (expected, expected_grads) = results[True], results[False]
+    assert value > 0 and torch.equal(value, expected)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    for g, e in zip(grads, expected_grads):
+        assert (g is None and e is None) or torch.equal(g, e)
+
+
+def test_topo_overlaps_by_default_only_on_a_gpu(distill_setup, tiny_config):
+    _, batch = distill_setup
+    module = _module(tiny_config("loss=topo", "loss.terms.topo.loss.num_samples=48")).train()
+    term = module.terms["topo"]
+    assert term.overlap == "auto"
+    module.distill_step(batch)
+    assert term._started is None  # on the CPU: computed in forward
+    term.overlap = True
+    step = module.distill_step(batch)
+    assert term._started is not None and term._started[0] is step.batch
+    with pytest.raises(ValueError, match="overlap"):
+        type(term)(1.0, ["enc4"], term.loss, overlap="sometimes")

@@ -38,7 +38,7 @@ def exact_pairs(x: torch.Tensor):
 
 def our_pairs(x: torch.Tensor):
     """Our routing as the same (birth edge, death edge, birth, death) tuples, on a tie-free cloud."""
-    diagrams, routing = persistence._persistence(x, (0, 1), "gudhi", 0.0, route=True, max_bottleneck=None)
+    diagrams, routing = persistence._persistence(x.numpy(), (0, 1), "gudhi", 0.0, route=True, max_bottleneck=None)
     assert len(set(routing.value_of_edge.tolist())) == len(routing.value_of_edge)  # one edge per value: no ties
     edge = dict(zip(routing.value_of_edge.tolist(), map(tuple, routing.edges.tolist())))
     return {

@@ -24,7 +24,7 @@ class DistillStep:
 
 class DistillationTerm(nn.Module):
     """One λ·L of Eq. 8. A subclass's `forward(step: DistillStep) -> Tensor` returns the unweighted L (a
-    scalar); `DistillModule` applies `weight` (λ).
+    scalar); `DistillModule` applies `weight` (λ). A subclass may also override `start`.
 
     taps: the layers whose features the term compares (none for logit terms). A feature term with no
     tap would compare nothing, so it is refused.
@@ -42,3 +42,8 @@ class DistillationTerm(nn.Module):
                              "e.g. taps=[enc4]; to leave the term out, choose a loss= option without it")
         if not self.feature_term and self.taps:
             raise ValueError(f"taps={list(self.taps)}: this term compares logits and taps no layer")
+
+    def start(self, batch: dict, student_taps: dict, teacher_taps: dict) -> None:
+        """Called during the teacher's forward, as soon as both models have produced this term's taps
+        ({name: Tap}): a term may begin work on them here that overlaps the rest of the step, and finish it
+        in `forward`. By default it does nothing."""

@@ -9,7 +9,7 @@ points and only the scale statistic differs (the subsample's, at O(M) rather tha
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -18,7 +18,7 @@ from torch import nn
 from ptdistill.losses.term import DistillationTerm, DistillStep
 from ptdistill.points import one_point_per_cell
 from ptdistill.topology.chamfer import chamfer, pwcd
-from ptdistill.topology.persistence import rips_diagrams_batch
+from ptdistill.topology.persistence import PendingDiagrams
 from ptdistill.topology.sampling import tps
 
 Normalization = Literal["mean_pairwise", "rms_pairwise"]
@@ -113,31 +113,43 @@ class TopologyLoss(nn.Module):
             students.append(normalize(student_feat[start:end][index], self.normalization))
         return students, teachers
 
-    def _diagrams(self, students, teachers):
-        """Per sample, (teacher, student) diagrams: lists over dims of (K_d, 2). One thread pool runs all
-        clouds; the detached teacher clouds skip critical-edge recovery."""
-        dgms = rips_diagrams_batch(
+    def _start_diagrams(self, students, teachers) -> Callable[[], list[tuple[list, list]]]:
+        """Start all clouds' persistence on one thread pool (the detached teacher clouds skip critical-edge
+        recovery); the returned function joins it: per sample, (teacher, student) lists over dims of (K_d, 2)."""
+        pending = PendingDiagrams(
             teachers + students, self.dims, self.backend, self.workers, self.eps_dist, self.tie_tol,
             self.max_bottleneck,
         )
-        return list(zip(dgms[: len(teachers)], dgms[len(teachers) :]))
+
+        def join():
+            dgms = pending.result()
+            return list(zip(dgms[: len(teachers)], dgms[len(teachers) :]))
+
+        return join
+
+    def start(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, offset: torch.Tensor
+              ) -> Callable[[], torch.Tensor]:
+        """Sample and normalise the clouds and start their persistence on the thread pool, so it overlaps
+        whatever the caller does next; the returned function joins it and gives `forward`'s L_topo."""
+        join = self._start_diagrams(*self._clouds(student_feat, teacher_feat, offset))
+        distance = functools.partial(pwcd, eps=self.eps) if self.distance == "pwcd" else chamfer
+
+        def finish() -> torch.Tensor:
+            per_sample = [sum(distance(t, s) for t, s in zip(teacher, student)) for teacher, student in join()]
+            return torch.stack(per_sample).mean()
+
+        return finish
 
     def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """Scalar L_topo: the mean over the offset's samples of the diagram distance summed over dims."""
-        students, teachers = self._clouds(student_feat, teacher_feat, offset)
-        distance = functools.partial(pwcd, eps=self.eps) if self.distance == "pwcd" else chamfer
-        per_sample = [
-            sum(distance(t, s) for t, s in zip(teacher, student))
-            for teacher, student in self._diagrams(students, teachers)
-        ]
-        return torch.stack(per_sample).mean()
+        return self.start(student_feat, teacher_feat, offset)()
 
     @torch.no_grad()
     def diagrams(
         self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, offset: torch.Tensor
     ) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
         """The diagrams the loss compares, for plotting: per sample, (teacher, student) lists over dims of (K_d, 2)."""
-        return self._diagrams(*self._clouds(student_feat, teacher_feat, offset))
+        return self._start_diagrams(*self._clouds(student_feat, teacher_feat, offset))()
 
 
 class TopologyDistillation(DistillationTerm):
@@ -145,25 +157,49 @@ class TopologyDistillation(DistillationTerm):
 
     The feature clouds hold each cell of a tapped level once, not once per input point in it; teacher
     and student rows are the same cells.
+
+    overlap: "auto", True or False. When on, `start` begins the persistence on its threads during the
+    teacher's forward, so that it overlaps the teacher's decoder and the other terms, and `forward` joins
+    it. "auto" overlaps when the features are on a GPU, whose host cores are then free. On a CPU the
+    persistence threads compete with torch's own for the same cores, which made a 2-core step no faster
+    with one torch thread and 27 % slower with two (`python -m ptdistill.bench.distill_step`).
     """
 
     feature_term = True
 
-    def __init__(self, weight: float, taps: list[str], loss: TopologyLoss):
+    def __init__(self, weight: float, taps: list[str], loss: TopologyLoss, overlap: bool | str = "auto"):
         super().__init__(weight, taps)
+        if overlap not in (True, False, "auto"):
+            raise ValueError(f"overlap must be true, false or auto, got {overlap!r}")
         self.loss = loss
+        self.overlap = overlap
+        self._started = None  # (batch, [finish per tap]) of the step `start` began
         self._last_clouds = None  # the last tap's detached (student, teacher, offset), for `diagrams`
 
+    def start(self, batch: dict, student_taps: dict, teacher_taps: dict) -> None:
+        on_gpu = teacher_taps[self.taps[0]].feat.is_cuda
+        if self.overlap is True or (self.overlap == "auto" and on_gpu):
+            self._started = (batch, self._begin(batch, student_taps, teacher_taps))
+
     def forward(self, step: DistillStep) -> torch.Tensor:
-        loss = step.seg_loss.new_zeros(())
+        started, self._started = self._started, None
+        if started is not None and started[0] is step.batch:
+            finishes = started[1]
+        else:  # not started during the teacher's forward: compute it here
+            finishes = self._begin(step.batch, step.student["taps"], step.teacher["taps"])
+        return sum((finish() for finish in finishes), step.seg_loss.new_zeros(()))
+
+    def _begin(self, batch: dict, student_taps: dict, teacher_taps: dict) -> list[Callable[[], torch.Tensor]]:
+        """Start L_topo of every tap (`TopologyLoss.start`); the functions that join them."""
+        finishes = []
         for name in self.taps:
-            s, t = step.student["taps"][name], step.teacher["taps"][name]
-            points, offset = one_point_per_cell((s, t), step.batch["offset"])  # (N_cells,), (B,)
+            s, t = student_taps[name], teacher_taps[name]
+            points, offset = one_point_per_cell((s, t), batch["offset"])  # (N_cells,), (B,)
             # (N_cells, C_S) and (N_cells, C_T), row-aligned
             student_feat, teacher_feat = s.feat[s.index[points]], t.feat[t.index[points]].detach()
-            loss = loss + self.loss(student_feat, teacher_feat, offset)
+            finishes.append(self.loss.start(student_feat, teacher_feat, offset))
         self._last_clouds = (student_feat.detach(), teacher_feat, offset)
-        return loss
+        return finishes
 
     def diagrams(self) -> tuple[list, list, tuple] | None:
         """Teacher and student diagrams (per dim) of the last step's first scan, for dashboards."""

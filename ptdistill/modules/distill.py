@@ -82,8 +82,17 @@ class DistillModule(SegmentationModule):
         seg = self.criterion(student["logits"], batch["segment"])
         # L_grad needs ∂L_seg/∂F of the teacher too, so its forward then keeps a graph from the taps on.
         teacher_grad = any(term.needs_teacher_grad for term in self.terms.values())
+        teacher_taps, grad_enabled = {}, torch.is_grad_enabled()
+
+        def start_terms(name, tap):  # a term whose taps all exist starts while the teacher's decoder runs
+            teacher_taps[name] = tap
+            with torch.set_grad_enabled(grad_enabled):  # the student's side, as outside the teacher's forward
+                for term in self.terms.values():
+                    if name in term.taps and teacher_taps.keys() >= set(term.taps):
+                        term.start(batch, student["taps"], teacher_taps)
+
         with torch.set_grad_enabled(teacher_grad):
-            teacher = self.teacher(batch, taps=taps, tap_grad=teacher_grad, structure=structure)
+            teacher = self.teacher(batch, taps=taps, tap_grad=teacher_grad, structure=structure, on_tap=start_terms)
         return DistillStep(batch, student, teacher, seg, self.criterion)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:

@@ -189,14 +189,13 @@ def _edge_vertices(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _persistence(
-    x: torch.Tensor, dims: tuple[int, ...], backend: str, tie_tol: float, route: bool, max_bottleneck: float | None
+    x64: np.ndarray, dims: tuple[int, ...], backend: str, tie_tol: float, route: bool, max_bottleneck: float | None
 ):
-    """Finite pairs per dim (float64) of cloud x (M, C), and their _Routing if `route`; approximate (the
+    """Finite pairs per dim (float64) of cloud x64 (M, C), and their _Routing if `route`; approximate (the
     module docstring) when max_bottleneck is set.
 
     Runs single-threaded in numpy/scipy, which release the GIL, so clouds can run side by side on threads.
     """
-    x64 = x.detach().to("cpu", torch.float64).numpy()
     m = len(x64)
     length = pdist(x64)  # (M(M-1)/2,) condensed, from exact per-pair differences (no matrix-product rounding)
     if dims == (0,) and backend == "gudhi":  # the H0-only fast path: same values, a fraction of the time
@@ -246,6 +245,50 @@ def _check(clouds: Sequence[torch.Tensor], dims: Sequence[int], backend: str, wo
             raise ValueError(f"cloud {k} contains NaN or Inf features")
 
 
+class PendingDiagrams:
+    """Finite Rips diagrams of clouds (M_b, C_b) being computed on a thread pool of `workers` threads (gudhi,
+    numpy and scipy release the GIL), so that the caller's thread goes on meanwhile; `result()` joins them.
+
+    Start it as soon as the clouds exist. The backend works on detached float64 copies made here; the
+    differentiable diagrams (Eq. 1) are built on the caller's thread by `result()`. A cloud that needs no
+    gradient gets its diagrams straight from the backend values, without edge recovery. max_bottleneck:
+    None for exact diagrams; else the approximate mode, every diagram within this bottleneck distance of
+    the exact one (H0 exact).
+    """
+
+    def __init__(
+        self,
+        clouds: Sequence[torch.Tensor],
+        dims: Sequence[int] = (0, 1),
+        backend: str = "gudhi",
+        workers: int = 1,
+        eps_dist: float = 1e-8,
+        tie_tol: float = 0.0,
+        max_bottleneck: float | None = None,
+    ):
+        dims = tuple(int(d) for d in dims)
+        _check(clouds, dims, backend, workers, max_bottleneck)
+        self.clouds = list(clouds)
+        self.eps_dist = eps_dist
+        pool = ThreadPoolExecutor(workers)
+        self._futures = [
+            pool.submit(
+                _persistence, x.detach().to("cpu", torch.float64).numpy(), dims, backend, tie_tol,
+                torch.is_grad_enabled() and x.requires_grad, max_bottleneck,
+            )
+            for x in self.clouds
+        ]
+        pool.shutdown(wait=False)  # its threads end with their last cloud
+
+    def result(self) -> list[list[torch.Tensor]]:
+        """Per cloud, one (K_d, 2) tensor of (birth, death) per dim, differentiable through the critical edges."""
+        results = [future.result() for future in self._futures]
+        return [
+            _differentiable(x, routing, self.eps_dist) if routing else [torch.as_tensor(p).to(x) for p in pairs]
+            for x, (pairs, routing) in zip(self.clouds, results)
+        ]
+
+
 def rips_diagrams_batch(
     clouds: Sequence[torch.Tensor],
     dims: Sequence[int] = (0, 1),
@@ -255,29 +298,9 @@ def rips_diagrams_batch(
     tie_tol: float = 0.0,
     max_bottleneck: float | None = None,
 ) -> list[list[torch.Tensor]]:
-    """Finite Rips diagrams of each cloud (M_b, C_b): per cloud, one (K_d, 2) tensor of (birth, death) per dim.
-
-    The backend runs for `workers` clouds at a time on a thread pool (gudhi releases the GIL). A cloud that
-    needs no gradient gets its diagrams straight from the backend values, without edge recovery.
-    max_bottleneck: None for exact diagrams; else the approximate mode, every diagram within this
-    bottleneck distance of the exact one (H0 exact).
-    """
-    dims = tuple(int(d) for d in dims)
-    _check(clouds, dims, backend, workers, max_bottleneck)
-    route = [torch.is_grad_enabled() and x.requires_grad for x in clouds]
-
-    def run(x: torch.Tensor, r: bool):
-        return _persistence(x, dims, backend, tie_tol, r, max_bottleneck)
-
-    if workers == 1:
-        results = list(map(run, clouds, route))
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(run, clouds, route))
-    return [
-        _differentiable(x, routing, eps_dist) if routing else [torch.as_tensor(p).to(x) for p in pairs]
-        for x, (pairs, routing) in zip(clouds, results)
-    ]
+    """Finite Rips diagrams of each cloud (M_b, C_b): per cloud, one (K_d, 2) tensor of (birth, death) per dim;
+    `PendingDiagrams` started and joined at once."""
+    return PendingDiagrams(clouds, dims, backend, workers, eps_dist, tie_tol, max_bottleneck).result()
 
 
 def rips_diagrams(

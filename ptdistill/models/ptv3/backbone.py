@@ -8,7 +8,7 @@ serialization orders are shuffled in training only, so evaluation is determinist
 always uses the fixed patch size (Pointcept's flash-attn semantics) whatever the device.
 """
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from itertools import chain
 
 import torch
@@ -125,7 +125,12 @@ class PointTransformerV3(nn.Module):
         return Level.from_batch(batch, self.in_channels, self.order)
 
     def forward(
-        self, batch: Mapping, taps: Collection[str] = (), tap_grad: bool = False, structure: Level | None = None
+        self,
+        batch: Mapping,
+        taps: Collection[str] = (),
+        tap_grad: bool = False,
+        structure: Level | None = None,
+        on_tap: Callable[[str, Tap], None] | None = None,
     ) -> tuple[PointBatch, dict[str, Tap]]:
         """Run a collated batch; return the full-resolution output level and the tapped stages.
 
@@ -133,6 +138,7 @@ class PointTransformerV3(nn.Module):
         leaf that does, so `torch.autograd.grad(loss, tap.feat)` works for a frozen teacher too.
         `structure`: this batch's input level from `self.structure` (of this or another model with the
         same orders), whose geometry, pooled levels and kernel maps are then reused, not rebuilt.
+        `on_tap(name, tap)` is called as each tap is made, before the later stages run.
         """
         shuffle = self.shuffle_orders and self.training
         point = PointBatch.from_batch(batch, self.in_channels, self.order, shuffle, structure)
@@ -144,4 +150,6 @@ class PointTransformerV3(nn.Module):
                 if tap_grad and not point.feat.requires_grad:
                     point = point.with_feat(point.feat.detach().requires_grad_())
                 tapped[name] = point.tap()
+                if on_tap is not None:
+                    on_tap(name, tapped[name])
         return point, tapped

@@ -4,7 +4,7 @@
 state dict is `seg_head.*` plus `backbone.*`, as Pointcept's checkpoints store it.
 """
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from torch import nn
 
@@ -12,6 +12,7 @@ from ptdistill.models.ptv3.backbone import PointTransformerV3
 from ptdistill.models.ptv3.checkpoint import load_pointcept_checkpoint
 from ptdistill.models.ptv3.serialization import ORDERS
 from ptdistill.models.ptv3.structure import Level
+from ptdistill.points import Tap
 
 
 class PTv3Segmentor(nn.Module):
@@ -71,12 +72,13 @@ class PTv3Segmentor(nn.Module):
         return self.backbone.structure(batch)
 
     def forward(self, batch: Mapping, taps: Collection[str] = (), tap_grad: bool = False,
-                structure: Level | None = None) -> dict:
+                structure: Level | None = None, on_tap: Callable[[str, Tap], None] | None = None) -> dict:
         """batch: the collated dict (coord, grid_coord, feat, offset); taps: stage names to return;
-        structure: `self.structure(batch)` of this model or of one with the same orders."""
+        structure: `self.structure(batch)` of this model or of one with the same orders; on_tap(name, tap):
+        called as each tap is made, before the later stages run."""
         taps = (taps,) if isinstance(taps, str) else taps
         unknown = sorted(set(taps) - set(self.tap_names))
         if unknown:
             raise ValueError(f"unknown taps {unknown}; this model has {list(self.tap_names)}")
-        point, tapped = self.backbone(batch, taps, tap_grad, structure)
+        point, tapped = self.backbone(batch, taps, tap_grad, structure, on_tap)
         return {"logits": self.seg_head(point.feat), "taps": tapped}

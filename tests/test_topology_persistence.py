@@ -12,7 +12,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from ptdistill.bench.naive_rips import naive_rips_diagrams
 from ptdistill.topology import persistence
-from ptdistill.topology.persistence import CriticalEdgeError, rips_diagrams, rips_diagrams_batch
+from ptdistill.topology.persistence import CriticalEdgeError, PendingDiagrams, rips_diagrams
 
 
 def cloud(n: int, c: int, seed: int) -> torch.Tensor:
@@ -126,8 +126,8 @@ def test_no_grad_path_gives_the_same_values():
 
 def test_thread_pool_equals_sequential_and_keeps_dims_order():
     clouds = [cloud(n, 3, n) for n in (5, 20, 33, 12)]
-    sequential = rips_diagrams_batch(clouds, dims=(1, 0), workers=1)
-    pooled = rips_diagrams_batch(clouds, dims=(1, 0), workers=2)
+    sequential = PendingDiagrams(clouds, dims=(1, 0), workers=1).result()
+    pooled = PendingDiagrams(clouds, dims=(1, 0), workers=2).result()
     for s, p in zip(sequential, pooled):
         assert all(torch.equal(a, b) for a, b in zip(s, p))
     assert len(sequential[1][1]) == 19  # dims (1, 0): H0 second

@@ -31,7 +31,7 @@ from ptdistill.bench.batches import lidar_like_batch
 from ptdistill.bench.naive_rips import naive_rips_diagrams
 from ptdistill.losses.topo import normalize
 from ptdistill.topology.chamfer import pwcd
-from ptdistill.topology.persistence import greedy_landmarks, rips_diagrams, rips_diagrams_batch
+from ptdistill.topology.persistence import PendingDiagrams, greedy_landmarks, rips_diagrams
 
 SIZES = (30, 60, 100, 200, 400, 800, 1024)
 BATCH, BATCH_POINTS = 12, 1024
@@ -58,7 +58,7 @@ def _peer():
 def diagram_fns(workers: int = 1, naive_limit: float | None = None):
     """name -> function from a list of clouds to their [H0, H1] diagrams (None where unavailable)."""
     return {
-        "ours": lambda clouds: rips_diagrams_batch(clouds, (0, 1), workers=workers),
+        "ours": lambda clouds: PendingDiagrams(clouds, (0, 1), workers=workers).result(),
         "naive": lambda clouds: [naive_rips_diagrams(x, (0, 1), time_limit=naive_limit) for x in clouds],
         "peer": _peer(),
     }
@@ -134,7 +134,7 @@ def _approximate(num_points: int, bound: float | None, repeats: int, threads: in
     torch.set_num_threads(threads)
     x = normalize(feature_cloud(num_points, seed=0, mlp_seed=0), "rms_pairwise").detach()
     teacher = [rips_diagrams(normalize(feature_cloud(num_points, seed=0, mlp_seed=1), "rms_pairwise"))]
-    fn = lambda clouds: rips_diagrams_batch(clouds, (0, 1), max_bottleneck=bound)  # noqa: E731
+    fn = lambda clouds: PendingDiagrams(clouds, (0, 1), max_bottleneck=bound).result()  # noqa: E731
     times = [_step(fn, [x], teacher) for _ in range(repeats + 1)][1:]
     fwd, bwd = (statistics.median(t[k] for t in times) for k in (0, 1))
     exact, approx = rips_diagrams(x), rips_diagrams(x, max_bottleneck=bound)

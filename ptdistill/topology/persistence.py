@@ -289,20 +289,6 @@ class PendingDiagrams:
         ]
 
 
-def rips_diagrams_batch(
-    clouds: Sequence[torch.Tensor],
-    dims: Sequence[int] = (0, 1),
-    backend: str = "gudhi",
-    workers: int = 1,
-    eps_dist: float = 1e-8,
-    tie_tol: float = 0.0,
-    max_bottleneck: float | None = None,
-) -> list[list[torch.Tensor]]:
-    """Finite Rips diagrams of each cloud (M_b, C_b): per cloud, one (K_d, 2) tensor of (birth, death) per dim;
-    `PendingDiagrams` started and joined at once."""
-    return PendingDiagrams(clouds, dims, backend, workers, eps_dist, tie_tol, max_bottleneck).result()
-
-
 def rips_diagrams(
     x: torch.Tensor,
     dims: Sequence[int] = (0, 1),
@@ -314,4 +300,4 @@ def rips_diagrams(
     """Finite Vietoris-Rips diagrams of x (N, C): one (K_d, 2) tensor of (birth, death) per dim in dims,
     differentiable with respect to x through the critical edges (Theorem 1); approximate within
     max_bottleneck when it is set."""
-    return rips_diagrams_batch([x], dims, backend, 1, eps_dist, tie_tol, max_bottleneck)[0]
+    return PendingDiagrams([x], dims, backend, 1, eps_dist, tie_tol, max_bottleneck).result()[0]

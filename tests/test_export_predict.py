@@ -153,3 +153,15 @@ def test_cli_runs_without_hydra_or_lightning(exported, scan, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "0 1 []", result.stderr
     assert "Traceback" not in result.stderr and "bad.bin" in result.stderr
     assert len(np.fromfile(tmp_path / "l.label", dtype=np.uint32)) == len(scan)
+
+
+def test_export_voxelises_at_the_grid_the_checkpoint_was_trained_at(exported, tiny_config, tmp_path):
+    cfg = copy.deepcopy(exported[0])
+    checkpoint = torch.load(cfg.ckpt_path, weights_only=False)
+    checkpoint["hyper_parameters"]["grid_size"] = trained = 2 * cfg.dataset.grid_size
+    torch.save(checkpoint, tmp_path / "trained.ckpt")
+    cfg.ckpt_path, cfg.export.path = str(tmp_path / "trained.ckpt"), str(tmp_path / "student.pt")
+    assert load_artifact(export_student(cfg)).grid_size == trained  # not the config's
+    for stage in ("teacher", "student", "distill"):  # every train.py checkpoint records it
+        train_cfg = tiny_config(f"stage={stage}", "dataset.grid_size=0.25")
+        assert instantiate(train_cfg.stage.module).hparams.grid_size == 0.25

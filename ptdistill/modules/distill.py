@@ -48,8 +48,10 @@ class DistillModule(SegmentationModule):
         block_lr_scale: float = 0.1,
         grad_norm_every_n_steps: int = 0,
         share_structure: bool = True,
+        grid_size: float | None = None,
     ):
-        super().__init__(model, criterion, optimizer, scheduler, num_classes, class_names, ignore_index, block_lr_scale)
+        super().__init__(model, criterion, optimizer, scheduler, num_classes, class_names, ignore_index, block_lr_scale,
+                         grid_size)
         self.teacher = instantiate(teacher).requires_grad_(False).eval()
         self.terms = nn.ModuleDict({name: self._term(name, term) for name, term in terms.items()})
         self.grad_norm_every_n_steps = grad_norm_every_n_steps

@@ -28,9 +28,10 @@ class SegmentationModule(L.LightningModule):
         class_names: list[str],
         ignore_index: int = -1,
         block_lr_scale: float = 0.1,
+        grid_size: float | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False)  # grid_size: the voxel size (m) of training, for export
         self.model = instantiate(model)
         self.criterion = instantiate(criterion)
         self.val_iou = FullResolutionIoU(num_classes, ignore_index)

@@ -69,17 +69,30 @@ def export_student(cfg: DictConfig) -> Path:
     if hparams["num_classes"] != cfg.dataset.num_classes:
         raise UserError(f"checkpoint {cfg.ckpt_path} predicts {hparams['num_classes']} classes, "
                         f"dataset={cfg.dataset.name} has {cfg.dataset.num_classes}: pass the dataset it was trained on")
+    grid_size = trained_grid_size(hparams, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     if export_format == "onnx":
-        return export_onnx_student(cfg, student_artifact(model_config, weights, hparams["class_names"],
-                                                         cfg.dataset.grid_size), out)
-    torch.save(student_artifact(model_config, weights, hparams["class_names"], cfg.dataset.grid_size), out)
+        return export_onnx_student(cfg, student_artifact(model_config, weights, hparams["class_names"], grid_size), out)
+    torch.save(student_artifact(model_config, weights, hparams["class_names"], grid_size), out)
     student = load_artifact(out)
     params = sum(p.numel() for p in student.model.parameters())
     log.info("Wrote %s: %s, %d parameters, %d classes, grid %.3g m", out, type(student.model).__name__, params,
              len(student.class_names), student.grid_size)
     print(f"wrote {out}; predict with: ptdistill-predict SCAN --model {out} --out LABELS.label")
     return out
+
+
+def trained_grid_size(hparams: dict, cfg: DictConfig) -> float:
+    """The voxel size the checkpoint was trained at; a checkpoint from before it was stored: the config's."""
+    trained = hparams.get("grid_size")
+    if trained is None:
+        log.warning("checkpoint %s does not record its grid size: exporting with dataset.grid_size=%g; pass the "
+                    "one it was trained at", cfg.ckpt_path, cfg.dataset.grid_size)
+        return float(cfg.dataset.grid_size)
+    if trained != cfg.dataset.grid_size:
+        log.warning("checkpoint %s was trained at grid %g m: exporting with that, not dataset.grid_size=%g",
+                    cfg.ckpt_path, trained, cfg.dataset.grid_size)
+    return float(trained)
 
 
 def export_onnx_student(cfg: DictConfig, artifact: dict, out: Path) -> Path:

@@ -139,8 +139,11 @@ def _approximate(num_points: int, bound: float | None, repeats: int, threads: in
     fwd, bwd = (statistics.median(t[k] for t in times) for k in (0, 1))
     exact, approx = rips_diagrams(x), rips_diagrams(x, max_bottleneck=bound)
     errors = [gudhi.bottleneck_distance(a.numpy(), e.numpy()) for a, e in zip(approx, exact)]
-    landmarks, realised = (num_points, 0.0) if bound is None else greedy_landmarks(squareform(pdist(x.double())), bound)
-    return fwd, bwd, landmarks if isinstance(landmarks, int) else len(landmarks), realised, *errors
+    kept, realised = num_points, 0.0
+    if bound is not None:
+        landmarks, realised = greedy_landmarks(squareform(pdist(x.double().numpy())), bound)
+        kept = len(landmarks)
+    return fwd, bwd, kept, realised, *errors
 
 
 def _approximate_table(repeats: int, threads: int, ctx) -> None:

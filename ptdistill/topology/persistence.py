@@ -83,7 +83,8 @@ def greedy_landmarks(dist: np.ndarray, max_bottleneck: float) -> tuple[np.ndarra
 
     Farthest-point order from vertex 0, stopped at the first prefix whose covering radius r (the largest
     distance from a point to its nearest landmark) has 2r <= max_bottleneck; all M points if none does
-    (then r = 0 and the diagrams are exact). O(M) per landmark on the precomputed matrix.
+    (then r = 0 and the diagrams are exact). O(M) per landmark on the precomputed matrix. Not `tps`, which
+    picks a fixed count in torch on the caller's thread: this stops at a radius, inside the backend's thread.
     """
     m = len(dist)
     landmarks = [0]

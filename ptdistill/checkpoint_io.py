@@ -5,6 +5,7 @@ full unpickling is refused unless the caller trusts it. A missing, corrupt or re
 UserError line.
 """
 
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 
 from ptdistill.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def read_torch_file(path: str | Path, what: str = "checkpoint", map_location: str = "cpu", trust: bool = False,
@@ -50,3 +53,17 @@ def checkpoint_model(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], d
     prefix = "model."  # the LightningModule's attribute
     weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     return dict(hparams["model"]), weights, hparams
+
+
+def trained_grid_size(hparams: dict, configured: float, checkpoint: str | Path) -> float:
+    """The voxel size (m) a checkpoint was trained at, warning when it is not the `configured` one; for a
+    checkpoint from before it was stored, the configured one."""
+    trained = hparams.get("grid_size")
+    if trained is None:
+        log.warning("checkpoint %s does not record its grid size: using dataset.grid_size=%g; pass the one it "
+                    "was trained at", checkpoint, configured)
+        return float(configured)
+    if trained != configured:
+        log.warning("checkpoint %s was trained at grid %g m: using that, not dataset.grid_size=%g",
+                    checkpoint, trained, configured)
+    return float(trained)

@@ -21,10 +21,13 @@ def _train(tmp_path, *overrides):
 
 @pytest.mark.slow
 def test_distillation_trains_the_missing_teacher_then_reuses_it(tmp_path):
-    first = _train(tmp_path, "loss=kld", "stage.baseline=true")
+    first = _train(tmp_path, "loss=kld", "stage.baseline=true", "test=true")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "training the teacher first" in first.log
+    assert "in eval mode" not in first.log  # Lightning's warning about the frozen teacher, which is meant
     assert "| teacher |" in first.stdout and "| student (no KD) |" in first.stdout
+    teacher_row = next(line for line in first.stdout.splitlines() if line.startswith("| teacher |"))
+    assert teacher_row.count("|") == 4 and "n/a" not in teacher_row  # val and test, both scored
     metrics = [json.loads(p.read_text()) for p in (tmp_path / "outputs").rglob("metrics.json")]
     assert len(metrics) == 1 and metrics[0]["loss"] == "kld" and 0 <= metrics[0]["val/mIoU"] <= 1
 
@@ -33,7 +36,7 @@ def test_distillation_trains_the_missing_teacher_then_reuses_it(tmp_path):
     assert "Reusing the stage-1 teacher" in second.log and "training the teacher first" not in second.log
 
     # The no-KD student in a child process beside the KD student: the same run as in-process.
-    third = _train(tmp_path, "loss=kld", "stage.baseline=true", "stage.baseline_alongside=true",
+    third = _train(tmp_path, "loss=kld", "stage.baseline=true", "stage.baseline_alongside=true", "test=true",
                    "hydra.run.dir=" + str(tmp_path / "alongside"))
     assert third.returncode == 0, third.stderr[-3000:]
     assert "trains beside this run in a child process" in third.log and "| student (no KD) |" in third.stdout

@@ -98,3 +98,23 @@ def test_evaluate_prints_iou_and_saves_predictions_that_score_the_same(tiny_conf
         assert raw.shape == truth.shape, name
         metric.update(torch.tensor([to_class[int(r)] for r in raw]), torch.from_numpy(truth))
     assert FullResolutionIoU.mean(metric.compute()).item() == pytest.approx(rows[-1][1], abs=1e-6)
+
+
+def test_evaluate_voxelises_at_the_grid_the_checkpoint_was_trained_at(tiny_config, tmp_path):
+    """A checkpoint that records grid g is scored at g whatever dataset.grid_size says; one that records
+    none (older checkpoints) at dataset.grid_size."""
+    trained = fit(tiny_config("stage=teacher", "trainer.max_epochs=1"))
+    checkpoint = torch.load(trained["checkpoint"], weights_only=True)
+    grid = checkpoint["hyper_parameters"]["grid_size"]
+    checkpoint["hyper_parameters"]["grid_size"] = 2 * grid
+    torch.save(checkpoint, coarse := tmp_path / "coarse.ckpt")
+    del checkpoint["hyper_parameters"]["grid_size"]
+    torch.save(checkpoint, unrecorded := tmp_path / "unrecorded.ckpt")
+
+    def score(path, config_grid):
+        return evaluate_iou(tiny_config(f"ckpt_path={path}", f"dataset.grid_size={config_grid}", config="evaluate"))
+
+    at_coarse = score(unrecorded, 2 * grid)
+    assert score(coarse, grid) == at_coarse
+    assert score(trained["checkpoint"], 2 * grid) == score(unrecorded, grid)
+    assert at_coarse != score(unrecorded, grid)  # the grid changes the score, so the test can fail

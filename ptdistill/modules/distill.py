@@ -7,6 +7,7 @@ owns its λ (`weight`), its taps and its loss.
 """
 
 import logging
+import warnings
 from collections import Counter
 
 import torch
@@ -19,6 +20,8 @@ from ptdistill.losses.term import DistillStep
 from ptdistill.modules.segmentation import SegmentationModule
 
 log = logging.getLogger(__name__)
+# Lightning warns of modules in eval mode at the start of fit; the frozen teacher is, on purpose (`train`).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class DistillModule(SegmentationModule):

@@ -12,7 +12,7 @@
   export is checked against the PyTorch student on a synthetic scan before it is reported written.
   Needs `pip install 'ptdistill[onnx]'`.
 
-The grid size comes from the dataset config, which must match the checkpoint's classes.
+The grid size is the one the checkpoint was trained at; the dataset config must match its classes.
 """
 
 import logging
@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ptdistill.checkpoint_io import checkpoint_model
+from ptdistill.checkpoint_io import checkpoint_model, trained_grid_size
 from ptdistill.errors import UserError
 from ptdistill.tasks.predict import ARTIFACT_FORMAT, MODEL_CLASSES, build_student, load_artifact
 
@@ -69,7 +69,7 @@ def export_student(cfg: DictConfig) -> Path:
     if hparams["num_classes"] != cfg.dataset.num_classes:
         raise UserError(f"checkpoint {cfg.ckpt_path} predicts {hparams['num_classes']} classes, "
                         f"dataset={cfg.dataset.name} has {cfg.dataset.num_classes}: pass the dataset it was trained on")
-    grid_size = trained_grid_size(hparams, cfg)
+    grid_size = trained_grid_size(hparams, cfg.dataset.grid_size, cfg.ckpt_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     if export_format == "onnx":
         return export_onnx_student(cfg, student_artifact(model_config, weights, hparams["class_names"], grid_size), out)
@@ -80,19 +80,6 @@ def export_student(cfg: DictConfig) -> Path:
              len(student.class_names), student.grid_size)
     print(f"wrote {out}; predict with: ptdistill-predict SCAN --model {out} --out LABELS.label")
     return out
-
-
-def trained_grid_size(hparams: dict, cfg: DictConfig) -> float:
-    """The voxel size the checkpoint was trained at; a checkpoint from before it was stored: the config's."""
-    trained = hparams.get("grid_size")
-    if trained is None:
-        log.warning("checkpoint %s does not record its grid size: exporting with dataset.grid_size=%g; pass the "
-                    "one it was trained at", cfg.ckpt_path, cfg.dataset.grid_size)
-        return float(cfg.dataset.grid_size)
-    if trained != cfg.dataset.grid_size:
-        log.warning("checkpoint %s was trained at grid %g m: exporting with that, not dataset.grid_size=%g",
-                    cfg.ckpt_path, trained, cfg.dataset.grid_size)
-    return float(trained)
 
 
 def export_onnx_student(cfg: DictConfig, artifact: dict, out: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ptdistill.checkpoint_io import checkpoint_model
+from ptdistill.checkpoint_io import checkpoint_model, trained_grid_size
 from ptdistill.data.submission import PredictionWriter
 from ptdistill.errors import UserError
 from ptdistill.modules.segmentation import SegmentationModule
@@ -26,6 +26,7 @@ def module_from_checkpoint(path: str | Path) -> SegmentationModule:
         num_classes=hparams["num_classes"],
         class_names=hparams["class_names"],
         ignore_index=hparams["ignore_index"],
+        grid_size=hparams.get("grid_size"),  # absent from checkpoints made before it was recorded
     )
     module.model.load_state_dict(weights)
     return module.eval()
@@ -62,6 +63,8 @@ def evaluate_iou(cfg: DictConfig) -> list[tuple[str, float]]:
             f"checkpoint {cfg.ckpt_path} predicts {module.hparams.num_classes} classes, "
             f"dataset={cfg.dataset.name} has {cfg.dataset.num_classes}"
         )
+    # The scans are voxelised at the grid the model was trained at (the transforms read dataset.grid_size).
+    cfg.dataset.grid_size = trained_grid_size(module.hparams, cfg.dataset.grid_size, cfg.ckpt_path)
     datamodule = instantiate(cfg.dataset.datamodule)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=prediction_writers(cfg))
     if cfg.split == "val":

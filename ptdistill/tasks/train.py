@@ -84,7 +84,8 @@ def _register_teacher(cfg: DictConfig, result: dict) -> None:
     home = teacher_home(cfg)
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result["checkpoint"], home / "teacher.ckpt")
-    (home / "teacher.json").write_text(json.dumps({"val/mIoU": result["val/mIoU"], "source": result["checkpoint"]}))
+    scores = {key: value for key, value in result.items() if key.endswith("mIoU")}  # val, and test when run
+    (home / "teacher.json").write_text(json.dumps(scores | {"source": result["checkpoint"]}))
     log.info("Registered the teacher (val mIoU %.4f) at %s", result["val/mIoU"], home / "teacher.ckpt")
 
 
@@ -99,20 +100,21 @@ def _compose_stage(stage: str, run_name: str) -> DictConfig:
     return cfg
 
 
-def resolve_teacher(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = ()) -> tuple[str, float | None]:
-    """The teacher checkpoint of a distillation run, trained first when there is none."""
+def resolve_teacher(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = ()) -> tuple[str, dict]:
+    """The teacher checkpoint of a distillation run, trained first when there is none, and its mIoU scores
+    (val/mIoU, and test/mIoU when it was tested; none for a checkpoint given by path)."""
     if cfg.stage.teacher_checkpoint:
-        return cfg.stage.teacher_checkpoint, None
+        return cfg.stage.teacher_checkpoint, {}
     home = teacher_home(cfg)
     if not (home / "teacher.ckpt").exists():
         log.info("No stage-1 teacher for dataset=%s at %s: training the teacher first.", cfg.dataset.name, home)
         result = fit(_compose_stage("teacher", "teacher"), extra_callbacks)
         if not (home / "teacher.ckpt").exists():  # a debug run (fast_dev_run) registers no teacher
-            return result["checkpoint"], result["val/mIoU"]
+            return result["checkpoint"], {k: v for k, v in result.items() if k.endswith("mIoU")}
     else:
         log.info("Reusing the stage-1 teacher at %s", home / "teacher.ckpt")
     metrics = json.loads((home / "teacher.json").read_text())
-    return str(home / "teacher.ckpt"), metrics["val/mIoU"]
+    return str(home / "teacher.ckpt"), {k: v for k, v in metrics.items() if k.endswith("mIoU")}
 
 
 def train(cfg: DictConfig) -> float:
@@ -127,8 +129,8 @@ def train(cfg: DictConfig) -> float:
         side_run = SideRun("student")
     with side_run or contextlib.nullcontext():
         reclaim = (ReclaimThreads(side_run),) if side_run else ()
-        teacher_checkpoint, teacher_miou = resolve_teacher(cfg, reclaim)
-        rows = {"teacher": {"val/mIoU": teacher_miou}}
+        teacher_checkpoint, teacher_scores = resolve_teacher(cfg, reclaim)
+        rows = {"teacher": teacher_scores}
         if cfg.stage.baseline and not side_run:
             rows["student (no KD)"] = fit(_compose_stage("student", "student"))
         with open_dict(cfg):

@@ -80,12 +80,16 @@ def _resume_path(cfg: DictConfig) -> str | None:
     return cfg.ckpt_path
 
 
+def _mious(result: dict) -> dict:
+    """The mIoU entries of a run's result: val/mIoU, and test/mIoU when it was tested."""
+    return {key: value for key, value in result.items() if key.endswith("mIoU")}
+
+
 def _register_teacher(cfg: DictConfig, result: dict) -> None:
     home = teacher_home(cfg)
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result["checkpoint"], home / "teacher.ckpt")
-    scores = {key: value for key, value in result.items() if key.endswith("mIoU")}  # val, and test when run
-    (home / "teacher.json").write_text(json.dumps(scores | {"source": result["checkpoint"]}))
+    (home / "teacher.json").write_text(json.dumps(_mious(result) | {"source": result["checkpoint"]}))
     log.info("Registered the teacher (val mIoU %.4f) at %s", result["val/mIoU"], home / "teacher.ckpt")
 
 
@@ -110,11 +114,11 @@ def resolve_teacher(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = (
         log.info("No stage-1 teacher for dataset=%s at %s: training the teacher first.", cfg.dataset.name, home)
         result = fit(_compose_stage("teacher", "teacher"), extra_callbacks)
         if not (home / "teacher.ckpt").exists():  # a debug run (fast_dev_run) registers no teacher
-            return result["checkpoint"], {k: v for k, v in result.items() if k.endswith("mIoU")}
+            return result["checkpoint"], _mious(result)
     else:
         log.info("Reusing the stage-1 teacher at %s", home / "teacher.ckpt")
     metrics = json.loads((home / "teacher.json").read_text())
-    return str(home / "teacher.ckpt"), {k: v for k, v in metrics.items() if k.endswith("mIoU")}
+    return str(home / "teacher.ckpt"), _mious(metrics)
 
 
 def train(cfg: DictConfig) -> float:
@@ -141,7 +145,7 @@ def train(cfg: DictConfig) -> float:
     rows[f"student (KD, loss={cfg.loss.name})"] = student
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(comparison_table(rows))
-    rows = {name: {k: v for k, v in result.items() if k.endswith("mIoU")} for name, result in rows.items()}
+    rows = {name: _mious(result) for name, result in rows.items()}
     _write_metrics(cfg, cfg.loss.name, student, rows)
     return student["val/mIoU"]
 

@@ -37,13 +37,12 @@ def split_fit(module: SegmentationModule, dataset: LidarDataset, ignore_index: i
     for i in range(len(dataset)):
         batch = collate([dataset[i]])
         scores = full_resolution_scores(module(batch), batch["inverse"])  # (N_full, K)
-        labels = batch["origin_segment"]  # (N_full,)
-        iou.update(scores.argmax(dim=1), labels)
+        prediction, labels = scores.argmax(dim=1), batch["origin_segment"]  # (N_full,), (N_full,)
+        iou.update(prediction, labels)
         labelled = labels != ignore_index
-        scores, labels = scores[labelled], labels[labelled]
-        correct += float((scores.argmax(dim=1) == labels).sum())
-        p_label += float(scores.gather(1, labels[:, None]).sum())
-        points += len(labels)
+        correct += float((prediction[labelled] == labels[labelled]).sum())
+        p_label += float(scores[labelled].gather(1, labels[labelled, None]).sum())
+        points += int(labelled.sum())
     return {"mIoU": 100 * float(FullResolutionIoU.mean(iou.compute())), "accuracy": 100 * correct / points,
             "p_label": p_label / points}
 
@@ -51,10 +50,11 @@ def split_fit(module: SegmentationModule, dataset: LidarDataset, ignore_index: i
 def fit_table(checkpoints: list[str], overrides: list[str]) -> str:
     """Markdown: one row per checkpoint and split."""
     lines = ["| checkpoint | split | mIoU (%) | point accuracy (%) | mean p(label) |", "|---|---|---|---|---|"]
+    cfg = compose_train(overrides)
+    configured_grid = cfg.dataset.grid_size
     for checkpoint in checkpoints:
         module = module_from_checkpoint(checkpoint)
-        cfg = compose_train(overrides)
-        cfg.dataset.grid_size = trained_grid_size(module.hparams, cfg.dataset.grid_size, checkpoint)
+        cfg.dataset.grid_size = trained_grid_size(module.hparams, configured_grid, checkpoint)
         datamodule = instantiate(cfg.dataset.datamodule, num_workers=0, tta=False)
         datamodule.prepare_data()
         for split in SPLITS:

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptdistill.losses.topo import TopologyLoss, normalize
+from ptdistill.topology.sampling import tps
 
 
 def feats(n: int, c: int, seed: int) -> torch.Tensor:
@@ -89,6 +90,23 @@ def test_teacher_gets_no_gradient_and_subsamples_follow_tps():
     assert (student.grad.abs().sum(1) > 0).sum() <= 10  # only the TPS subsample is compared
     (teacher_dgms, student_dgms), = loss.diagrams(student, teacher, torch.tensor([50]))
     assert [len(d) for d in teacher_dgms][0] == 9 and not student_dgms[0].requires_grad
+
+
+def test_a_sample_no_larger_than_m_is_compared_whole_in_any_order():
+    """M >= the scan's rows skips TPS; the loss and its gradient are those of the clouds in TPS's order."""
+    teacher, student = feats(40, 6, 0), feats(40, 3, 1).requires_grad_()
+    offset = torch.tensor([25, 40])
+    whole = TopologyLoss(num_samples=25, workers=1)(student, teacher, offset)
+    (grad,) = torch.autograd.grad(whole, student)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.cat([tps(teacher[:25], 25, generator), 25 + tps(teacher[25:], 15, generator)])
+    permuted = student.detach()[order].requires_grad_()
+    reference = TopologyLoss(num_samples=25, workers=1)  # the same value computed per sample on reordered rows
+    value = (reference(permuted[:25], teacher[order][:25], torch.tensor([25]))
+             + reference(permuted[25:], teacher[order][25:], torch.tensor([15]))) / 2
+    (grad_permuted,) = torch.autograd.grad(value, permuted)
+    torch.testing.assert_close(whole, value)
+    torch.testing.assert_close(grad[order], grad_permuted)
 
 
 def test_normalize_keeps_geometry_up_to_scale():

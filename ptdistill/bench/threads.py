@@ -10,10 +10,12 @@ starts its thread pool. The tables:
    `num_workers` {0, 1, 2}.
 2. Two one-thread runs side by side, as `stage.baseline_alongside` runs them: their steps/s added up,
    against one run on two threads.
-3. The paper student's eval forward on `lidar_like_batch(34000)`, quiet and beside one busy process (a
-   spin loop that the benchmark starts and stops), on 1 and 2 threads, OpenMP threads spinning (active)
-   or sleeping (passive) while they wait.
-Needs the synthetic scans (`make train` generates them, or any train.py run).
+3. The OpenMP wait (the `omp_spin_count` config key) on 2 threads, quiet and beside one busy process (a
+   spin loop that the benchmark starts and stops): the paper student's eval forward on
+   `lidar_like_batch(34000)` and the demo's `kld` training steps/s. Rows: libgomp's default, spin counts,
+   OMP_WAIT_POLICY active and passive; and the default on one thread, where no thread waits.
+Tables 1 and 2 run with the project's `omp_spin_count`. Needs the synthetic scans (`make train` generates
+them, or any train.py run).
 """
 
 import argparse
@@ -25,8 +27,22 @@ import sys
 import time
 import warnings
 from itertools import islice
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ptdistill.thread_policy import OPENMP_WAIT_VARIABLES
 
 STEPS = ("teacher", "kld")
+PROJECT_WAIT = {"GOMP_SPINCOUNT": str(OmegaConf.load(Path(__file__).parents[2] / "conf" / "train.yaml").omp_spin_count)}
+WAITS = {  # table 3's rows: the OpenMP environment of each
+    "libgomp default": {},
+    "GOMP_SPINCOUNT=1000": {"GOMP_SPINCOUNT": "1000"},
+    "GOMP_SPINCOUNT=2000": {"GOMP_SPINCOUNT": "2000"},
+    "GOMP_SPINCOUNT=3000": {"GOMP_SPINCOUNT": "3000"},
+    "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+}
 
 
 def _train_steps(kind: str, workers: int, steps: int, overrides: list[str]) -> float:
@@ -71,11 +87,24 @@ def _forward_seconds(points: int, runs: int) -> float:
     return statistics.median(times)
 
 
-def measure(job: dict, threads: int, wait_policy: str = "active") -> subprocess.Popen:
-    """Start one measurement in a fresh process; its result is the JSON line it prints."""
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": wait_policy.upper()}
-    return subprocess.Popen([sys.executable, "-m", "ptdistill.bench.threads", "--job", json.dumps(job)],
-                            env=env, stdout=subprocess.PIPE, text=True)
+def measure(job: dict, threads: int, wait: dict[str, str] = PROJECT_WAIT, steps: int = 10) -> subprocess.Popen:
+    """Start one measurement in a fresh process, its OpenMP wait set by `wait` alone; its result is the JSON
+    line it prints."""
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT_VARIABLES}
+    env |= {"OMP_NUM_THREADS": str(threads)} | wait
+    return subprocess.Popen([sys.executable, "-m", "ptdistill.bench.threads", "--steps", str(steps),
+                             "--job", json.dumps(job)], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def quiet_and_busy(job: dict, threads: int, wait: dict[str, str], steps: int) -> tuple[float, float]:
+    """The measurement alone, then beside a busy process (a spin loop on another core)."""
+    quiet = result(measure(job, threads, wait, steps))
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        return quiet, result(measure(job, threads, wait, steps))
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 def result(process: subprocess.Popen) -> float:
@@ -90,6 +119,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--points", type=int, default=34000)
     parser.add_argument("--runs", type=int, default=3, help="forwards per measurement (median)")
+    parser.add_argument("--tables", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the training steps")
     args = parser.parse_args()
@@ -100,37 +130,47 @@ def main() -> None:
         print(json.dumps(value))
         return
 
+    if 1 in args.tables:
+        table_threads_by_workers(args)
+    if 2 in args.tables:
+        table_side_by_side(args)
+    if 3 in args.tables:
+        table_openmp_wait(args)
+
+
+def table_threads_by_workers(args: argparse.Namespace) -> None:
     print(f"\n1. Training steps/s, experiment=demo, data loading included ({args.steps} steps after 2)\n")
     print("| step | threads | num_workers=0 | num_workers=1 | num_workers=2 |")
     print("|---|---|---|---|---|")
     for kind in STEPS:
         for threads in (1, 2):
-            rates = [result(measure({"kind": kind, "workers": w, "overrides": args.overrides}, threads))
+            rates = [result(measure({"kind": kind, "workers": w, "overrides": args.overrides}, threads,
+                                   steps=args.steps))
                      for w in (0, 1, 2)]
             print(f"| {kind} | {threads} | " + " | ".join(f"{r:.2f}" for r in rates) + " |", flush=True)
 
+
+def table_side_by_side(args: argparse.Namespace) -> None:
     print("\n2. Two runs side by side (stage.baseline_alongside), one thread each, num_workers=0\n")
     print("| steps | steps/s, 1 run × 2 threads | steps/s, 2 runs × 1 thread (sum) |")
     print("|---|---|---|")
     for pair in (("teacher", "kld"), ("kld", "kld")):
-        alone = result(measure({"kind": pair[0], "workers": 0, "overrides": args.overrides}, 2))
-        both = [measure({"kind": kind, "workers": 0, "overrides": args.overrides}, 1) for kind in pair]
+        alone = result(measure({"kind": pair[0], "workers": 0, "overrides": args.overrides}, 2, steps=args.steps))
+        both = [measure({"kind": kind, "workers": 0, "overrides": args.overrides}, 1, steps=args.steps) for kind in pair]
         print(f"| {' + '.join(pair)} | {alone:.2f} ({pair[0]}) | {sum(result(p) for p in both):.2f} |", flush=True)
 
-    print(f"\n3. Paper student eval forward, {args.points} points (median of {args.runs}), seconds\n")
-    print("| threads | OMP_WAIT_POLICY | quiet | beside a busy process | ratio |")
-    print("|---|---|---|---|---|")
-    job = {"points": args.points, "runs": args.runs}
-    for threads in (1, 2):
-        for policy in ("active", "passive"):
-            quiet = result(measure(job, threads, policy))
-            spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            try:
-                busy = result(measure(job, threads, policy))
-            finally:
-                spin.kill()
-                spin.wait()
-            print(f"| {threads} | {policy} | {quiet:.3f} | {busy:.3f} | {busy / quiet:.2f}x |", flush=True)
+
+def table_openmp_wait(args: argparse.Namespace) -> None:
+    print(f"\n3. The OpenMP wait beside a busy process: the paper student's eval forward, {args.points} points "
+          f"(median of {args.runs}, seconds), and kld training steps/s ({args.steps} steps after 2)\n")
+    print("| threads | OpenMP wait | forward quiet | forward busy | ratio | steps/s quiet | steps/s busy | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    forward, kld = {"points": args.points, "runs": args.runs}, {"kind": "kld", "workers": 0, "overrides": args.overrides}
+    for threads, name in [(1, "libgomp default"), *((2, name) for name in WAITS)]:
+        fq, fb = quiet_and_busy(forward, threads, WAITS[name], args.steps)
+        sq, sb = quiet_and_busy(kld, threads, WAITS[name], args.steps)
+        print(f"| {threads} | {name} | {fq:.3f} | {fb:.3f} | {fb / fq:.2f}x | {sq:.2f} | {sb:.2f} | {sq / sb:.2f}x |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ class TopologyLoss(nn.Module):
         students, teachers = [], []
         for start, end in zip(bounds, bounds[1:]):
             teacher = teacher_feat[start:end].detach()  # the teacher side has no grad
-            index = tps(teacher, min(self.num_samples, end - start), generator)
+            # M covering the whole scan keeps every point; a Rips diagram does not depend on their order.
+            index = tps(teacher, self.num_samples, generator) if end - start > self.num_samples else slice(None)
             teachers.append(normalize(teacher[index], self.normalization))
             students.append(normalize(student_feat[start:end][index], self.normalization))
         return students, teachers

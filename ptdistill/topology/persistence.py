@@ -26,6 +26,7 @@ exact critical edge.
 """
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -246,6 +247,14 @@ def _check(clouds: Sequence[torch.Tensor], dims: Sequence[int], backend: str, wo
             raise ValueError(f"cloud {k} contains NaN or Inf features")
 
 
+@functools.lru_cache(maxsize=None)
+def _thread_pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """One long-lived pool per worker count, so a step does not pay for starting threads; keyed by the
+    process id too, as a forked child (a data-loader worker, a side run) inherits the pool without its
+    threads."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="persistence")
+
+
 class PendingDiagrams:
     """Finite Rips diagrams of clouds (M_b, C_b) being computed on a thread pool of `workers` threads (gudhi,
     numpy and scipy release the GIL), so that the caller's thread goes on meanwhile; `result()` joins them.
@@ -271,7 +280,7 @@ class PendingDiagrams:
         _check(clouds, dims, backend, workers, max_bottleneck)
         self.clouds = list(clouds)
         self.eps_dist = eps_dist
-        pool = ThreadPoolExecutor(workers)
+        pool = _thread_pool(workers, os.getpid())
         self._futures = [
             pool.submit(
                 _persistence, x.detach().to("cpu", torch.float64).numpy(), dims, backend, tie_tol,
@@ -279,7 +288,6 @@ class PendingDiagrams:
             )
             for x in self.clouds
         ]
-        pool.shutdown(wait=False)  # its threads end with their last cloud
 
     def result(self) -> list[list[torch.Tensor]]:
         """Per cloud, one (K_d, 2) tensor of (birth, death) per dim, differentiable through the critical edges."""

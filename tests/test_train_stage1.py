@@ -1,5 +1,6 @@
 """Stage 1 end to end on tiny synthetic scans: training, checkpoints, resume, evaluation."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
+from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from ptdistill.checkpoint_io import load_checkpoint
 from ptdistill.data.semantickitti import SemanticKITTIDataset
 from ptdistill.modules.metrics import FullResolutionIoU
 from ptdistill.tasks.iou import evaluate_iou, module_from_checkpoint
-from ptdistill.tasks.train import fit, teacher_home
+from ptdistill.tasks.train import best_score, fit, teacher_home
 
 
 class Interrupt(L.Callback):
@@ -49,6 +51,20 @@ def test_teacher_stage_trains_registers_and_resumes_exactly(tiny_config):
     assert uninterrupted.keys() == final.keys()
     for key in uninterrupted:
         torch.testing.assert_close(final[key], uninterrupted[key], rtol=0, atol=0, msg=key)
+
+
+def test_best_score_is_read_from_the_best_checkpoint_when_the_callback_lost_it(tiny_config):
+    """As in a spawned DDP run, whose children send back the best checkpoint's path but not its score."""
+    cfg = tiny_config("stage=teacher", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1")
+    result = fit(cfg)
+    (metrics,) = Path(cfg.paths.output_dir).glob("csv/*/metrics.csv")
+    with metrics.open() as rows:
+        logged = [float(row["val/mIoU"]) for row in csv.DictReader(rows) if row["val/mIoU"]]
+    assert len(logged) == 2 and result["val/mIoU"] == pytest.approx(max(logged), abs=1e-6)
+    returned = instantiate(cfg.callbacks.model_checkpoint)  # the main process's callback after a spawn
+    returned.best_model_path = result["checkpoint"]
+    assert returned.best_model_score is None
+    assert best_score(returned, last_logged=torch.tensor(-1.0)) == result["val/mIoU"]
 
 
 def test_checkpoint_rebuilds_the_model_alone(tiny_config):

@@ -13,11 +13,14 @@ import shutil
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ptdistill.checkpoint_io import load_checkpoint
 from ptdistill.tasks.side_run import ReclaimThreads, SideRun
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,8 @@ def fit(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = ()) -> dict:
     trainer = instantiate(cfg.trainer, max_epochs=cfg.stage.max_epochs, callbacks=callbacks, logger=loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
     checkpoint = trainer.checkpoint_callback
-    # Spawned DDP children do not send best_model_score back; the last logged value stands in for it.
-    best = checkpoint.best_model_score if checkpoint.best_model_score is not None else trainer.callback_metrics.get(cfg.optimized_metric)
     result = {
-        "val/mIoU": float("nan") if best is None else float(best),
+        "val/mIoU": best_score(checkpoint, trainer.callback_metrics.get(cfg.optimized_metric)),
         "checkpoint": checkpoint.best_model_path or checkpoint.last_model_path or _save_final(cfg, trainer),
         "skipped_samples": datamodule.num_skipped,
     }
@@ -62,6 +63,18 @@ def fit(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = ()) -> dict:
     if cfg.stage.name == "teacher" and trainer.is_global_zero and not trainer.fast_dev_run:
         _register_teacher(cfg, result)
     return result
+
+
+def best_score(checkpoint: ModelCheckpoint, last_logged: torch.Tensor | None) -> float:
+    """The best monitored score of a run. Lightning's spawn launcher sends the best checkpoint's path back
+    from DDP children but not its score, so then it is read from the callback state saved with that
+    checkpoint; a run with no checkpoint has only its `last_logged` value (NaN when none)."""
+    if checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    if checkpoint.best_model_path:
+        state = load_checkpoint(checkpoint.best_model_path)["callbacks"][checkpoint.state_key]
+        return float(state["best_model_score"])
+    return float("nan") if last_logged is None else float(last_logged)
 
 
 def _save_final(cfg: DictConfig, trainer: L.Trainer) -> str:

@@ -54,7 +54,8 @@ class SegmentationModule(L.LightningModule):
     def _evaluate(self, batch: dict, iou: FullResolutionIoU, stage: str) -> torch.Tensor:
         """The predicted class (N_full,) of every original point, softmax summed over any TTA views."""
         logits = self(batch)  # (N, K), the voxels of every view
-        self.log(f"{stage}/loss", self.criterion(logits, batch["segment"]), batch_size=len(batch["name"]))
+        loss = self.criterion(logits, batch["segment"])
+        self.log(f"{stage}/loss", loss, batch_size=len(batch["name"]), sync_dist=True)  # the mean over all ranks
         prediction = full_resolution_scores(logits, batch["inverse"]).argmax(dim=1)  # (N_full,)
         iou.update(prediction, batch["origin_segment"])
         return prediction
@@ -68,9 +69,11 @@ class SegmentationModule(L.LightningModule):
     def _log_iou(self, iou: FullResolutionIoU, stage: str) -> None:
         per_class = iou.compute()  # (K,)
         iou.reset()
-        self.log(f"{stage}/mIoU", FullResolutionIoU.mean(per_class), prog_bar=True)
+        # The IoU is synced across ranks already; sync_dist averages their equal values, which changes nothing
+        # but tells Lightning that they are global (it warns otherwise).
+        self.log(f"{stage}/mIoU", FullResolutionIoU.mean(per_class), prog_bar=True, sync_dist=True)
         for name, value in zip(self.hparams.class_names, per_class):
-            self.log(f"{stage}/IoU/{name}", value)
+            self.log(f"{stage}/IoU/{name}", value, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_one_cycle(

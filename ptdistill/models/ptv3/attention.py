@@ -135,12 +135,12 @@ class SerializedAttention(nn.Module):
         order, inverse = point.curve(self.order_index)  # (N,) rows along this block's curve, positions
         rows = order[layout.gather]  # (N_pad,) row of feat in each padded slot
         if self.enable_flash and feat.is_cuda and flash_attn is not None:
-            out = self._flash_attention(self.qkv(feat[rows]), layout)
+            out = self._flash_attention(self.qkv(feat.index_select(0, rows)), layout)
         else:
             runs = layout.runs(None if torch.is_grad_enabled() else self.inference_chunk)
-            out = [self._sdpa(self.qkv(feat[rows[start:stop]]), length) for start, stop, length in runs]
+            out = [self._sdpa(self.qkv(feat.index_select(0, rows[start:stop])), length) for start, stop, length in runs]
             out = out[0] if len(out) == 1 else torch.cat(out)  # (N_pad, C)
-        out = out[layout.scatter[inverse]]  # (N, C) back in row order
+        out = out.index_select(0, layout.scatter[inverse])  # (N, C) back in row order
         return self.proj_drop(self.proj(out))
 
     def _sdpa(self, qkv: Tensor, length: int) -> Tensor:

@@ -71,4 +71,4 @@ class SerializedUnpooling(nn.Module):
         if parent is None:
             raise ValueError("SerializedUnpooling needs a point batch made by SerializedPooling")
         skip = self.proj_skip(parent.feat)
-        return parent.with_feat(skip + self.proj(point.feat)[point.level.pooling_inverse], conv_feat=skip)
+        return parent.with_feat(skip + self.proj(point.feat).index_select(0, point.level.pooling_inverse), conv_feat=skip)

@@ -194,7 +194,7 @@ class SubMConv3d(nn.Module):
         # One offset at a time, so that no (P, C_out) tensor of all pairs is ever alive.
         groups = zip(kernel_map.in_index.split(kernel_map.counts), kernel_map.out_index.split(kernel_map.counts))
         for (source, target), d in zip(groups, kernel_map.offsets):
-            out.index_add_(0, target, feat[source] @ weight[:, d].T)  # (P_d, C_out) into (N, C_out)
+            out.index_add_(0, target, feat.index_select(0, source) @ weight[:, d].T)  # (P_d, C_out) into (N, C_out)
         return out if self.bias is None else out + self.bias
 
     def _spconv_forward(self, feat: Tensor, voxels: VoxelSet) -> Tensor:

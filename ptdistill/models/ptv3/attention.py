@@ -131,7 +131,7 @@ class SerializedAttention(nn.Module):
         """feat (N, C) at the level of `point` -> (N, C)."""
         layout = self.layout(point)
         # Rows are gathered in padded curve order before the row-wise qkv projection, so the copy is
-        # (N_pad, C), not (N_pad, 3C).
+        # (N_pad, C), not (N_pad, 3C). index_select: its backward (index_add) beats indexing's on CPU.
         order, inverse = point.curve(self.order_index)  # (N,) rows along this block's curve, positions
         rows = order[layout.gather]  # (N_pad,) row of feat in each padded slot
         if self.enable_flash and feat.is_cuda and flash_attn is not None:

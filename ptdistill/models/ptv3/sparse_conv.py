@@ -6,7 +6,8 @@ out[i] = bias + sum over kernel offsets d of weight[:, d, :] @ feat[site at voxe
 (C_out, kx, ky, kz, C_in), so Pointcept's checkpoints load unchanged. Two paths, one interface:
 - plain PyTorch (CPU, and CUDA without spconv): neighbour pairs found once per voxel set and
   kernel size (spconv's `indice_key` idea), then per kernel offset one gather, one matmul and one
-  index_add; the centre offset, where every site is its own neighbour, is a plain matmul;
+  index_add; the centre offset, where every site is its own neighbour, is a plain matmul. Gathers are
+  `index_select`, whose backward is an index_add: indexing's accumulating index_put is slower on CPU;
 - spconv's `SubMConv3d` on CUDA when `spconv.pytorch` imports (its CPU build refuses biases in
   eval mode and has no backward).
 """

@@ -1,5 +1,6 @@
 """Shared fixtures: the project's Hydra configs composed on tiny synthetic scans and tiny models."""
 
+import csv
 import os
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def compose_config(tmp_path: Path, *overrides: str, config: str = "train") -> Di
         cfg.paths.data_dir = str(tmp_path.parent / "data")  # the tiny scans are generated once per session
         cfg.paths.output_dir = str(tmp_path / "run")
     return cfg
+
+
+def logged_values(cfg: DictConfig, key: str) -> list[float]:
+    """The values of `key` that a run's CSV logger wrote, in order (rows that do not log it skipped)."""
+    (metrics,) = Path(cfg.paths.output_dir).glob("csv/*/metrics.csv")
+    with metrics.open() as rows:
+        return [float(row[key]) for row in csv.DictReader(rows) if row.get(key)]
 
 
 def fabricated_student_checkpoint(cfg: DictConfig, path: Path) -> torch.nn.Module:

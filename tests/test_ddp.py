@@ -1,11 +1,10 @@
 """`trainer=ddp_sim`: distillation in 2 CPU processes (gloo) against one process on the same global batch."""
 
-import csv
 import math
-from pathlib import Path
 
 import lightning as L
 import pytest
+from conftest import logged_values
 from hydra.utils import instantiate
 
 from ptdistill.tasks.iou import module_from_checkpoint
@@ -29,9 +28,7 @@ def test_ddp_simulation_distils_and_agrees_with_one_process(tiny_config):
     metrics = trainer.validate(module, datamodule=instantiate(ddp_cfg.dataset.datamodule), verbose=False)[0]
     assert abs(metrics["val/mIoU"] - ddp["val/mIoU"]) < 1e-6
     # The val loss is the mean over both ranks' scans too, not rank 0's alone.
-    (logged,) = Path(ddp_cfg.paths.output_dir).glob("csv/*/metrics.csv")
-    with logged.open() as rows:
-        (ddp_loss,) = [float(row["val/loss"]) for row in csv.DictReader(rows) if row.get("val/loss")]
+    (ddp_loss,) = logged_values(ddp_cfg, "val/loss")
     assert abs(metrics["val/loss"] - ddp_loss) < 1e-5, (metrics["val/loss"], ddp_loss)
     # Training differs through per-rank BatchNorm statistics (SyncBatchNorm needs GPUs), the per-rank
     # mean of the loss over points and how DDP splits the epoch's order among ranks; after one short

@@ -1,6 +1,5 @@
 """Stage 1 end to end on tiny synthetic scans: training, checkpoints, resume, evaluation."""
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, logged_values
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
@@ -57,9 +56,7 @@ def test_best_score_is_read_from_the_best_checkpoint_when_the_callback_lost_it(t
     """As in a spawned DDP run, whose children send back the best checkpoint's path but not its score."""
     cfg = tiny_config("stage=teacher", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1")
     result = fit(cfg)
-    (metrics,) = Path(cfg.paths.output_dir).glob("csv/*/metrics.csv")
-    with metrics.open() as rows:
-        logged = [float(row["val/mIoU"]) for row in csv.DictReader(rows) if row["val/mIoU"]]
+    logged = logged_values(cfg, "val/mIoU")
     assert len(logged) == 2 and result["val/mIoU"] == pytest.approx(max(logged), abs=1e-6)
     returned = instantiate(cfg.callbacks.model_checkpoint)  # the main process's callback after a spawn
     returned.best_model_path = result["checkpoint"]

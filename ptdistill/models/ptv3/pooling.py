@@ -71,4 +71,5 @@ class SerializedUnpooling(nn.Module):
         if parent is None:
             raise ValueError("SerializedUnpooling needs a point batch made by SerializedPooling")
         skip = self.proj_skip(parent.feat)
-        return parent.with_feat(skip + self.proj(point.feat).index_select(0, point.level.pooling_inverse), conv_feat=skip)
+        upsampled = self.proj(point.feat).index_select(0, point.level.pooling_inverse)  # (N_parent, C_out)
+        return parent.with_feat(skip + upsampled, conv_feat=skip)

@@ -95,6 +95,7 @@ def step_seconds(rows: list[str], overrides: list[str], steps: int, warmup: int)
     configs = {loss: row_config(loss, overrides) for loss in rows}
     steppers = {loss: training_step(cfg) for loss, cfg in configs.items()}
     datamodule = instantiate(next(iter(configs.values())).dataset.datamodule)
+    datamodule.prepare_data()  # a fresh clone generates the synthetic scans here
     datamodule.setup("fit")
     seconds = {loss: [] for loss in rows}
     with warnings.catch_warnings():

@@ -80,6 +80,31 @@ def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
     assert (out / "kd_gain.png").stat().st_size > 1000 and (out / "kd_gain.md").exists()
 
 
+def test_kd_gain_teacher_per_seed_distils_each_seed_from_its_own_teacher(tmp_path):
+    from ptdistill.bench.kd_gain import teacher_agreement
+    from ptdistill.config import compose_train
+
+    overrides = [*TINY, "trainer.max_epochs=1", "teacher_epochs=1", f"paths.data_dir={tmp_path.parent}/data"]
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, "-m", "ptdistill.bench.kd_gain", "--seeds", "2", "--rows", "kld", "--teacher-per-seed",
+         "--out", str(out), *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PTDISTILL_ROOT": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    teachers = {s: json.loads((out / f"seed{s}" / "teacher" / "metrics.json").read_text()) for s in (0, 1)}
+    assert [teachers[s]["seed"] for s in (0, 1)] == [0, 1] and teachers[0]["checkpoint"] != teachers[1]["checkpoint"]
+    assert not (tmp_path / "outputs" / "teachers").exists()  # the project's registry is left alone
+    for s in (0, 1):  # the KD arm of each seed was given that seed's teacher
+        given = (out / f"seed{s}" / "kld" / ".hydra" / "overrides.yaml").read_text()
+        assert f"stage.teacher_checkpoint={teachers[s]['checkpoint']}" in given
+    kld = {int(r["seed"]): r for r in csv.DictReader((out / "kd_gain.csv").open()) if r["arm"] == "kld"}
+    student = json.loads((out / "seed1" / "kld" / "metrics.json").read_text())["checkpoint"]
+    cfg = compose_train([*overrides, f"paths.root_dir={tmp_path}"])
+    scores = teacher_agreement(student, teachers[1]["checkpoint"], cfg)  # the row is scored against its teacher
+    assert float(kld[1]["agreement"]) == pytest.approx(scores["agreement"])
+
+
 def test_demo_table_puts_the_kd_gain_beside_the_models():
     from ptdistill.tasks.train import comparison_table
 

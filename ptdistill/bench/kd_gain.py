@@ -1,12 +1,17 @@
 """KD gain with paired seeds: `python -m ptdistill.bench.kd_gain [--seeds 5] [--rows kld topo+grad] [OVERRIDE ...]`.
 
 For every seed it trains the no-KD student (`stage=student`) and the KD student of each row
-(`loss=<row>`) against one stage-1 teacher. The arms of a seed share the student's initialisation, the
-data order and the augmentation, which all come from the seed alone. Each run is scored on the test split
-(`test=true`, its best-on-val checkpoint) and, on val, against the teacher: argmax agreement and
-KL(teacher ‖ student) at T = 1, per original point. It prints per-seed mIoU, the per-seed differences
-KD − no-KD with their mean and 95 % t-interval, and writes kd_gain.csv (a row as each run ends),
-kd_gain.md and kd_gain.png. `--summarize DIR` redoes the tables and the plot from a (partial) kd_gain.csv.
+(`loss=<row>`) against one stage-1 teacher, or with `--teacher-per-seed` against a teacher of its own
+(stage 1 trained with that seed). The arms of a seed share the student's initialisation, the data order
+and the augmentation, which all come from the seed alone. With one teacher, the interval covers the
+spread between seeds for that teacher only: two teachers of the same recipe have given gains of opposite
+sign (docs/kd_diagnosis.md, section 13). A teacher per seed makes it cover the spread between teachers.
+
+Each run is scored on the test split (`test=true`, its best-on-val checkpoint) and, on val, against its
+teacher: argmax agreement and KL(teacher ‖ student) at T = 1, per original point. It prints per-seed mIoU,
+the per-seed differences KD − no-KD with their mean and 95 % t-interval, and writes kd_gain.csv (a row as
+each run ends), kd_gain.md and kd_gain.png. `--summarize DIR` redoes the tables and the plot from a
+(partial) kd_gain.csv.
 
 Runs are `train.py` processes, `--jobs` at a time with `--threads` torch threads each (two one-thread
 jobs use a 2-core machine better than one two-thread job, and never oversubscribe it).
@@ -75,15 +80,27 @@ def teacher_agreement(student_checkpoint: str, teacher_checkpoint: str, cfg: Dic
 
 
 def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: Path, jobs: int, threads: int,
-                  teacher: Path | None = None) -> list[dict]:
+                  teacher: Path | None = None, teacher_per_seed: bool = False) -> list[dict]:
     """Train and score every (seed, arm) against `teacher` (default: the registered one, trained first if
-    missing); the rows of kd_gain.csv."""
+    missing) or, with `teacher_per_seed`, against a teacher trained with the seed; the rows of kd_gain.csv."""
     # The project's data and teacher registry (under PTDISTILL_ROOT or the repository), this benchmark's runs.
     base = [*overrides, f"paths.root_dir={os.environ.get('PTDISTILL_ROOT', ROOT)}", "test=true"]
     cfg = compose_train(base)  # the dataset config of every arm's scoring
-    teacher = teacher or teacher_home(cfg) / "teacher.ckpt"
-    if not teacher.exists():  # trained once, before the arms, so that parallel arms share it
-        run_train([*base, "stage=teacher"], out / "teacher", threads * jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    instantiate(cfg.dataset.datamodule).prepare_data()  # once, before runs in parallel would generate it together
+    if teacher_per_seed:  # registered in the benchmark's folder, so that they leave the project's registry alone
+        stage1 = [*base, "stage=teacher", f"paths.teacher_dir={out / 'teachers'}"]
+
+        def stage1_run(seed):
+            return run_train([*stage1, f"seed={seed}"], out / f"seed{seed}" / "teacher", threads)
+
+        with ThreadPoolExecutor(jobs) as pool:
+            teachers = {seed: Path(metrics["checkpoint"]) for seed, metrics in zip(seeds, pool.map(stage1_run, seeds))}
+    else:
+        teacher = teacher or teacher_home(cfg) / "teacher.ckpt"
+        if not teacher.exists():  # trained once, before the arms, so that parallel arms share it
+            run_train([*base, "stage=teacher"], out / "teacher", threads * jobs)
+        teachers = dict.fromkeys(seeds, teacher)
     # Row by row, so that an interrupted benchmark still holds every seed of its first rows.
     arms = [(seed, arm) for seed in seeds for arm in (BASELINE, rows[0])]
     arms += [(seed, arm) for arm in rows[1:] for seed in seeds]
@@ -93,9 +110,10 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
     def one(seed_arm):
         seed, arm = seed_arm
         start = time.perf_counter()
-        metrics = run_train([*base, *arm_overrides(arm, teacher), f"seed={seed}"], out / f"seed{seed}" / arm.replace("+", "_"), threads)
+        metrics = run_train([*base, *arm_overrides(arm, teachers[seed]), f"seed={seed}"],
+                            out / f"seed{seed}" / arm.replace("+", "_"), threads)
         torch.set_num_threads(threads)
-        scores = teacher_agreement(metrics["checkpoint"], str(teacher), cfg)
+        scores = teacher_agreement(metrics["checkpoint"], str(teachers[seed]), cfg)
         row = {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
                **scores, "seconds": time.perf_counter() - start}
         with lock, log.open("a", newline="") as f:  # each run as it ends
@@ -105,7 +123,6 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
             writer.writerow(row)
         return row
 
-    out.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
     with ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(one, arms))
@@ -186,6 +203,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("overrides", nargs="*", default=["experiment=kd_gain"], help="train.py overrides of every run")
     parser.add_argument("--teacher", type=Path, default=None, help="a stage-1 teacher checkpoint (default: the registry's)")
+    parser.add_argument("--teacher-per-seed", action="store_true",
+                        help="distil each seed from a teacher trained with that seed (the interval covers teachers)")
     parser.add_argument("--summarize", type=Path, default=None, help="only tabulate DIR/kd_gain.csv")
     args = parser.parse_args()
     if args.summarize:
@@ -196,9 +215,12 @@ def main() -> None:
         print(text)
         plot(results, rows, args.summarize / "kd_gain.png")
         return
+    if args.teacher and args.teacher_per_seed:
+        parser.error("--teacher and --teacher-per-seed exclude each other")
     out = (args.out or ROOT / "outputs" / "kd_gain" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     start = time.perf_counter()
-    results = run_benchmark(list(range(args.seeds)), args.rows, args.overrides, out, args.jobs, args.threads, args.teacher)
+    results = run_benchmark(list(range(args.seeds)), args.rows, args.overrides, out, args.jobs, args.threads,
+                            args.teacher, args.teacher_per_seed)
     text = summary(results, args.rows)
     text += f"\n\nWall time: {time.perf_counter() - start:.0f} s, {args.jobs} jobs × {args.threads} threads."
     (out / "kd_gain.md").write_text(text + "\n")

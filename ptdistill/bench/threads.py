@@ -6,14 +6,16 @@ runs side by side, and the forward beside a busy process.
 Every measurement runs in a fresh process, so that OMP_NUM_THREADS and OMP_WAIT_POLICY hold before torch
 starts its thread pool. The tables:
 1. Training steps/s of the demo's stage-1 teacher step and stage-2 `kld` step (`train.py experiment=demo`),
-   fed by the real DataModule and its workers (the wait for a batch counts), over torch threads {1, 2} ×
-   `num_workers` {0, 1, 2}.
+   fed by the real DataModule and its workers (the wait for a batch counts), over torch threads {1, 2, 2 with
+   `AdaptiveThreads`, the default} × `num_workers` {0, 1, 2}.
 2. Two one-thread runs side by side, as `stage.baseline_alongside` runs them: their steps/s added up,
    against one run on two threads.
 3. The OpenMP wait (the `omp_spin_count` config key) on 2 threads, quiet and beside one busy process (a
    spin loop that the benchmark starts and stops): the paper student's eval forward on
    `lidar_like_batch(34000)` and the demo's `kld` training steps/s. Rows: libgomp's default, spin counts,
-   OMP_WAIT_POLICY active and passive; and the default on one thread, where no thread waits.
+   OMP_WAIT_POLICY active and passive; the default on one thread, where no thread waits; and the project's
+   default, the spin count with `AdaptiveThreads` deciding before every forward or step, as it does before
+   every batch in training (its first window closes in the warm-up).
 Tables 1 and 2 run with the project's `omp_spin_count`. Needs the synthetic scans (`make train` generates
 them, or any train.py run).
 """
@@ -35,17 +37,26 @@ from ptdistill.thread_policy import OPENMP_WAIT_VARIABLES
 
 STEPS = ("teacher", "kld")
 PROJECT_WAIT = {"GOMP_SPINCOUNT": str(OmegaConf.load(Path(__file__).parents[2] / "conf" / "train.yaml").omp_spin_count)}
-WAITS = {  # table 3's rows: the OpenMP environment of each
-    "libgomp default": {},
-    "GOMP_SPINCOUNT=1000": {"GOMP_SPINCOUNT": "1000"},
-    "GOMP_SPINCOUNT=2000": {"GOMP_SPINCOUNT": "2000"},
-    "GOMP_SPINCOUNT=3000": {"GOMP_SPINCOUNT": "3000"},
-    "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
-    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-}
+WAIT_ROWS = [  # table 3's rows: (threads, name, the OpenMP environment, adaptive threads)
+    (1, "libgomp default", {}, False),
+    (2, "libgomp default", {}, False),
+    (2, "GOMP_SPINCOUNT=1000", {"GOMP_SPINCOUNT": "1000"}, False),
+    (2, "GOMP_SPINCOUNT=2000", {"GOMP_SPINCOUNT": "2000"}, False),
+    (2, "GOMP_SPINCOUNT=3000", {"GOMP_SPINCOUNT": "3000"}, False),
+    (2, "OMP_WAIT_POLICY=ACTIVE", {"OMP_WAIT_POLICY": "ACTIVE"}, False),
+    (2, "OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}, False),
+    (2, f"GOMP_SPINCOUNT={PROJECT_WAIT['GOMP_SPINCOUNT']} + adaptive threads (default)", PROJECT_WAIT, True),
+]
 
 
-def _train_steps(kind: str, workers: int, steps: int, overrides: list[str]) -> float:
+def _adapt(adaptive: bool):
+    """What runs before each forward or step: AdaptiveThreads' decision, or nothing."""
+    from ptdistill.modules.adaptive_threads import AdaptiveThreads
+
+    return AdaptiveThreads().update if adaptive else lambda: None
+
+
+def _train_steps(kind: str, workers: int, steps: int, overrides: list[str], adaptive: bool) -> float:
     """Steps/s of one training step kind, data loading included, after two warm-up steps."""
     from hydra.utils import instantiate
 
@@ -59,15 +70,18 @@ def _train_steps(kind: str, workers: int, steps: int, overrides: list[str]) -> f
     datamodule.setup("fit")
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: nothing is logged
     batches = iter(islice(datamodule.train_dataloader(), steps + 2))
+    adapt = _adapt(adaptive)
     for batch in islice(batches, 2):
+        adapt()
         step(batch)
     start = time.perf_counter()
     for batch in batches:
+        adapt()
         step(batch)
     return steps / (time.perf_counter() - start)
 
 
-def _forward_seconds(points: int, runs: int) -> float:
+def _forward_seconds(points: int, runs: int, adaptive: bool) -> float:
     """Median seconds of the paper student's eval forward on a LiDAR-like scan."""
     import torch
     from hydra.utils import instantiate
@@ -78,9 +92,12 @@ def _forward_seconds(points: int, runs: int) -> float:
     model = instantiate(model_config("ptv3").model.student).eval()
     batch = lidar_like_batch(points)
     times = []
+    adapt = _adapt(adaptive)
     with torch.inference_mode():
+        adapt()
         model(batch)
         for _ in range(runs):
+            adapt()
             start = time.perf_counter()
             model(batch)
             times.append(time.perf_counter() - start)
@@ -125,8 +142,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.job:  # a measurement process
         job = json.loads(args.job)
-        value = (_train_steps(job["kind"], job["workers"], args.steps, job["overrides"]) if "kind" in job
-                 else _forward_seconds(job["points"], job["runs"]))
+        adaptive = job.get("adaptive", False)
+        value = (_train_steps(job["kind"], job["workers"], args.steps, job["overrides"], adaptive) if "kind" in job
+                 else _forward_seconds(job["points"], job["runs"], adaptive))
         print(json.dumps(value))
         return
 
@@ -143,11 +161,12 @@ def table_threads_by_workers(args: argparse.Namespace) -> None:
     print("| step | threads | num_workers=0 | num_workers=1 | num_workers=2 |")
     print("|---|---|---|---|---|")
     for kind in STEPS:
-        for threads in (1, 2):
-            rates = [result(measure({"kind": kind, "workers": w, "overrides": args.overrides}, threads,
-                                   steps=args.steps))
+        for threads, adaptive in ((1, False), (2, False), (2, True)):
+            rates = [result(measure({"kind": kind, "workers": w, "overrides": args.overrides, "adaptive": adaptive},
+                                    threads, steps=args.steps))
                      for w in (0, 1, 2)]
-            print(f"| {kind} | {threads} | " + " | ".join(f"{r:.2f}" for r in rates) + " |", flush=True)
+            label = f"{threads}, adaptive" if adaptive else str(threads)
+            print(f"| {kind} | {label} | " + " | ".join(f"{r:.2f}" for r in rates) + " |", flush=True)
 
 
 def table_side_by_side(args: argparse.Namespace) -> None:
@@ -166,9 +185,9 @@ def table_openmp_wait(args: argparse.Namespace) -> None:
     print("| threads | OpenMP wait | forward quiet | forward busy | ratio | steps/s quiet | steps/s busy | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     forward, kld = {"points": args.points, "runs": args.runs}, {"kind": "kld", "workers": 0, "overrides": args.overrides}
-    for threads, name in [(1, "libgomp default"), *((2, name) for name in WAITS)]:
-        fq, fb = quiet_and_busy(forward, threads, WAITS[name], args.steps)
-        sq, sb = quiet_and_busy(kld, threads, WAITS[name], args.steps)
+    for threads, name, wait, adaptive in WAIT_ROWS:
+        fq, fb = quiet_and_busy(forward | {"adaptive": adaptive}, threads, wait, args.steps)
+        sq, sb = quiet_and_busy(kld | {"adaptive": adaptive}, threads, wait, args.steps)
         print(f"| {threads} | {name} | {fq:.3f} | {fb:.3f} | {fb / fq:.2f}x | {sq:.2f} | {sb:.2f} | {sq / sb:.2f}x |",
               flush=True)
 

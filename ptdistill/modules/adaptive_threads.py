@@ -6,8 +6,7 @@ region waits for the thread that shares a core with the neighbour (`python -m pt
 --tables 3`). One thread lost little (1.0-1.3x). So before each batch, at most once per `interval_s`,
 this callback measures the cores the others kept busy (`CoreShare`; data-loader workers count as others,
 so training threads stop fighting the loader) and sets torch's threads to the rest, back up to
-`max_threads` once they are free again. A change is logged, `train/threads` every step, and the run's own
-count is restored when it ends.
+`max_threads` once they are free again. A change is logged, and `train/threads` every step.
 
 The thread count can change a kernel's reduction order, so a run whose count changed is not bit-for-bit
 reproducible. So `trainer.deterministic=true` keeps the count fixed, and one-thread runs never change.
@@ -42,13 +41,9 @@ class AdaptiveThreads(L.Callback):
             self.core_share = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.threads_at_start = torch.get_num_threads()
         if self.core_share is not None and torch.are_deterministic_algorithms_enabled():
-            log.info("Adaptive threads are off: trainer.deterministic keeps %d threads", self.threads_at_start)
+            log.info("Adaptive threads are off: trainer.deterministic keeps %d threads", torch.get_num_threads())
             self.core_share = None
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        torch.set_num_threads(self.threads_at_start)
 
     def update(self) -> int:
         """Set torch's threads for the cores the others left free since the last decision; the thread count."""

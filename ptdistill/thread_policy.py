@@ -53,7 +53,7 @@ class CoreShare:
 
     def __init__(self, stat_path: str = "/proc/stat", own_cpu_seconds=None, clock=None):
         self.stat_path = stat_path
-        self.cpus = {f"cpu{index}" for index in os.sched_getaffinity(0)}
+        self.cpus = {f"cpu{index}" for index in usable_cpus()}
         self.own_cpu_seconds = own_cpu_seconds or own_cpu_seconds_of_this_process
         self.clock = clock or time.monotonic
         self.ticks_per_second = os.sysconf("SC_CLK_TCK")
@@ -84,6 +84,11 @@ class CoreShare:
             return None
         self._last = now
         return max(0.0, busy - own) / wall
+
+
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity on Linux; every CPU elsewhere)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
 def own_cpu_seconds_of_this_process() -> float:

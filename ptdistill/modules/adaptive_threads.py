@@ -18,7 +18,7 @@ import os
 import lightning as L
 import torch
 
-from ptdistill.thread_policy import CoreShare, free_threads
+from ptdistill.thread_policy import CoreShare, free_threads, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class AdaptiveThreads(L.Callback):
         one per core of this process's CPU set."""
         if not 0 < busy_fraction <= 1:
             raise ValueError(f"busy_fraction must be in (0, 1], got {busy_fraction}")
-        self.cores = len(os.sched_getaffinity(0))
+        self.cores = len(usable_cpus())
         self.max_threads = max_threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or self.cores
         self.interval_s = interval_s
         self.busy_fraction = busy_fraction

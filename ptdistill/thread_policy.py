@@ -57,14 +57,14 @@ class CoreShare:
         self.own_cpu_seconds = own_cpu_seconds or own_cpu_seconds_of_this_process
         self.clock = clock or time.monotonic
         self.ticks_per_second = os.sysconf("SC_CLK_TCK")
-        self._last = self._read()  # raises OSError where there is no /proc/stat
+        self._last = self._read(self.clock())  # raises OSError where there is no /proc/stat
 
     def __setstate__(self, state: dict) -> None:
         """Unpickled in another process (a spawned DDP rank): its window starts there."""
         self.__dict__.update(state)
-        self._last = self._read()
+        self._last = self._read(self.clock())
 
-    def _read(self) -> tuple[float, float, float]:
+    def _read(self, wall: float) -> tuple[float, float, float]:
         """(wall seconds, busy CPU seconds of this CPU set, this process's CPU seconds)."""
         busy_ticks = 0
         with open(self.stat_path) as stat:
@@ -73,16 +73,17 @@ class CoreShare:
                 if name in self.cpus:  # user nice system idle iowait irq softirq steal ...
                     ticks = [int(field) for field in fields[:8]]
                     busy_ticks += sum(ticks) - ticks[3] - ticks[4]
-        return self.clock(), busy_ticks / self.ticks_per_second, self.own_cpu_seconds()
+        return wall, busy_ticks / self.ticks_per_second, self.own_cpu_seconds()
 
     def others(self, min_seconds: float = 0.0) -> float | None:
         """Cores the other processes kept busy since the last window closed; None (the window stays open)
-        until it spans min_seconds of wall time."""
-        now = self._read()
-        wall, busy, own = (now[i] - self._last[i] for i in range(3))
+        until it spans min_seconds of wall time. An open window costs a clock reading, not /proc/stat's."""
+        now = self.clock()
+        wall = now - self._last[0]
         if wall <= 0 or wall < min_seconds:
             return None
-        self._last = now
+        (_, busy_before, own_before), self._last = self._last, self._read(now)
+        busy, own = self._last[1] - busy_before, self._last[2] - own_before
         return max(0.0, busy - own) / wall
 
 

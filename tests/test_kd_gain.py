@@ -61,6 +61,20 @@ def test_kd_gain_table_pairs_every_kd_row_with_the_no_kd_arm_and_with_kld():
                           f"| [{vs_kld['low']:+.2f}, {vs_kld['high']:+.2f}] | 2 |")
 
 
+def test_kd_gain_report_gives_the_val_split_after_the_test_split():
+    from ptdistill.bench.kd_gain import report
+
+    val = {0: (66.0, 65.5), 1: (69.0, 68.25), 2: (70.5, 70.0)}  # seed: (student, kld)
+    results = [{"seed": seed, "arm": arm, "test_mIoU": 70.0 + seed, "val_mIoU": v, "agreement": 0.9,
+                "kl_teacher_student": 0.1} for seed, pair in val.items() for arm, v in zip(("student", "kld"), pair)]
+    test_part, val_part = report(results, ["kld"]).split("On val:")
+    assert "| kld | 71.00 | +0.00 |" in test_part  # equal test mIoU in both arms
+    d = paired_difference([pair[1] for pair in val.values()], [pair[0] for pair in val.values()])
+    mean = statistics.fmean(pair[1] for pair in val.values())
+    assert f"| kld | {mean:.2f} | {d['mean']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | 3 |" in val_part
+    assert "| 1 | 69.00 | 68.25 | -0.75 |" in val_part
+
+
 def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
     overrides = [*TINY, "trainer.max_epochs=1", f"paths.data_dir={tmp_path.parent}/data", "trainer.check_val_every_n_epoch=1"]
     out = tmp_path / "bench"

@@ -9,8 +9,8 @@ sign (docs/kd_diagnosis.md, section 13). A teacher per seed makes it cover the s
 
 Each run is scored on the test split (`test=true`, its best-on-val checkpoint) and, on val, against its
 teacher: argmax agreement and KL(teacher ‖ student) at T = 1, per original point. It prints per-seed mIoU,
-the per-seed differences KD − no-KD with their mean and 95 % t-interval, and writes kd_gain.csv (a row as
-each run ends), kd_gain.md and kd_gain.png. `--summarize DIR` redoes the tables and the plot from a
+the per-seed differences KD − no-KD with their mean and 95 % t-interval, on test and then on val, and
+writes kd_gain.csv (a row as each run ends), kd_gain.md and kd_gain.png. `--summarize DIR` redoes the tables and the plot from a
 (partial) kd_gain.csv.
 
 Runs are `train.py` processes, `--jobs` at a time with `--threads` torch threads each (two one-thread
@@ -178,6 +178,11 @@ def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> 
     return "\n".join(lines)
 
 
+def report(results: list[dict], rows: list[str]) -> str:
+    """The test split's tables, which the benchmark reports, then val's, the split a recipe is chosen on."""
+    return summary(results, rows) + "\n\nOn val:\n\n" + summary(results, rows, metric="val_mIoU")
+
+
 def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_mIoU") -> None:
     """Each seed's arms joined by a line: paired seeds show the gain whatever the seed's level."""
     arms = [BASELINE, *rows]
@@ -210,7 +215,7 @@ def main() -> None:
     if args.summarize:
         results = read_results(args.summarize / "kd_gain.csv")
         rows = [arm for arm in args.rows if any(r["arm"] == arm for r in results)]
-        text = summary(results, rows)
+        text = report(results, rows)
         (args.summarize / "kd_gain.md").write_text(text + "\n")
         print(text)
         plot(results, rows, args.summarize / "kd_gain.png")
@@ -221,7 +226,7 @@ def main() -> None:
     start = time.perf_counter()
     results = run_benchmark(list(range(args.seeds)), args.rows, args.overrides, out, args.jobs, args.threads,
                             args.teacher, args.teacher_per_seed)
-    text = summary(results, args.rows)
+    text = report(results, args.rows)
     text += f"\n\nWall time: {time.perf_counter() - start:.0f} s, {args.jobs} jobs × {args.threads} threads."
     (out / "kd_gain.md").write_text(text + "\n")
     plot(results, args.rows, out / "kd_gain.png")

@@ -234,3 +234,40 @@ def test_topo_overlaps_by_default_only_on_a_gpu(distill_setup, tiny_config):
     assert term._started is not None and term._started[0] is step.batch
     with pytest.raises(ValueError, match="overlap"):
         type(term)(1.0, ["enc4"], term.loss, overlap="sometimes")
+
+
+def test_a_term_is_on_only_in_its_epochs_and_off_costs_no_teacher_forward(distill_setup, tiny_config, monkeypatch):
+    """kd on in epoch 1 only: epochs 0 and 2 give L_seg alone without running the teacher; epoch 1 gives
+    L_seg + λ·T²·KL(p_T ‖ p_S), computed here from both models' logits."""
+    _, batch = distill_setup
+    cfg = tiny_config("loss=kld", "loss.terms.kd.start_epoch=1", "loss.terms.kd.stop_epoch=2",
+                      "loss.terms.kd.weight=0.7", "recipe.kd.temperature=2.0")
+    module = _module(cfg).eval()  # eval: the student's forward is the same on every call
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    teacher_calls = []
+    module.teacher.register_forward_hook(lambda *args: teacher_calls.append(1))
+    with torch.no_grad():
+        student, teacher = module.model(batch)["logits"], module.teacher(batch)["logits"]  # (N, K) each
+    teacher_calls.clear()
+    seg = module.criterion(student, batch["segment"])
+    keep = batch["segment"] != cfg.dataset.ignore_index
+    p_teacher = torch.softmax(teacher[keep] / 2.0, 1)  # (N', K)
+    kl = (p_teacher * (p_teacher.log() - torch.log_softmax(student[keep] / 2.0, 1))).sum(1).mean()
+    for epoch, expected, teacher_runs in [(0, seg, 0), (1, seg + 0.7 * 4.0 * kl, 1), (2, seg, 0)]:
+        monkeypatch.setattr(DistillModule, "current_epoch", property(lambda self: epoch))
+        assert list(module.active_terms()) == (["kd"] if epoch == 1 else [])
+        torch.testing.assert_close(module.training_step(batch, 0).detach(), expected, rtol=1e-5, atol=1e-6)
+        assert len(teacher_calls) == teacher_runs
+        teacher_calls.clear()
+
+
+@pytest.mark.parametrize("window", [("-1", "null"), ("3", "3"), ("4", "2")])
+def test_a_term_on_in_no_epoch_is_a_one_line_config_error(tiny_config, window):
+    from ptdistill.errors import UserError, find_user_error
+
+    start, stop = window
+    cfg = tiny_config("loss=kld", f"loss.terms.kd.start_epoch={start}", f"loss.terms.kd.stop_epoch={stop}")
+    with pytest.raises(Exception) as caught:
+        instantiate(cfg.stage.module)
+    error = find_user_error(caught.value)
+    assert isinstance(error, UserError) and str(error).startswith(f"loss.terms.kd: start_epoch={start}, stop_epoch=")

@@ -129,3 +129,16 @@ def test_demo_table_puts_the_kd_gain_beside_the_models():
     assert lines[0] == "| model | val mIoU | test mIoU |"
     assert lines[2] == "| teacher | 80.00 | n/a |"
     assert lines[-1] == f"| KD − no KD | {100 * (0.6525 - 0.60):+.2f} | {100 * (0.5812 - 0.55):+.2f} |"
+
+
+def test_a_kd_row_may_carry_overrides_of_its_own(tmp_path):
+    from ptdistill.bench.kd_gain import BASELINE, arm_dir, arm_overrides
+
+    teacher = tmp_path / "teacher.ckpt"
+    assert arm_overrides(BASELINE, teacher) == ["stage=student"]
+    assert arm_overrides("topo+grad", teacher) == ["loss=topo+grad", f"stage.teacher_checkpoint={teacher}"]
+    row = "kld loss.terms.kd.stop_epoch=6 recipe.kd.temperature=2"
+    assert arm_overrides(row, teacher) == ["loss=kld", f"stage.teacher_checkpoint={teacher}",
+                                           "loss.terms.kd.stop_epoch=6", "recipe.kd.temperature=2"]
+    assert arm_dir("topo+grad") == "topo_grad"
+    assert arm_dir(row) == "kld_loss.terms.kd.stop_epoch=6_recipe.kd.temperature=2"

@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -47,7 +48,16 @@ BASELINE = "student"  # the no-KD arm
 
 
 def arm_overrides(arm: str, teacher: Path) -> list[str]:
-    return ["stage=student"] if arm == BASELINE else [f"loss={arm}", f"stage.teacher_checkpoint={teacher}"]
+    """A KD row is a loss= option, optionally followed by overrides of its own ("kld loss.terms.kd.stop_epoch=6")."""
+    if arm == BASELINE:
+        return ["stage=student"]
+    loss, *own = arm.split()
+    return [f"loss={loss}", f"stage.teacher_checkpoint={teacher}", *own]
+
+
+def arm_dir(arm: str) -> str:
+    """The run folder of an arm: "topo+grad" -> "topo_grad", "kld loss.x=6" -> "kld_loss.x=6"."""
+    return re.sub(r"[^\w.=-]+", "_", arm)
 
 
 def run_train(overrides: list[str], run_dir: Path, threads: int) -> dict:
@@ -111,7 +121,7 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
         seed, arm = seed_arm
         start = time.perf_counter()
         metrics = run_train([*base, *arm_overrides(arm, teachers[seed]), f"seed={seed}"],
-                            out / f"seed{seed}" / arm.replace("+", "_"), threads)
+                            out / f"seed{seed}" / arm_dir(arm), threads)
         torch.set_num_threads(threads)
         scores = teacher_agreement(metrics["checkpoint"], str(teachers[seed]), cfg)
         row = {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
@@ -190,7 +200,7 @@ def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_m
     for seed in sorted({r["seed"] for r in results}):
         by_arm = {r["arm"]: r[metric] for r in results if r["seed"] == seed}
         ax.plot(range(len(arms)), [by_arm.get(a, float("nan")) for a in arms], marker="o", label=f"seed {seed}")
-    ax.set_xticks(range(len(arms)), [f"{a}\n(no KD)" if a == BASELINE else a for a in arms])
+    ax.set_xticks(range(len(arms)), [f"{a}\n(no KD)" if a == BASELINE else a.replace(" ", "\n") for a in arms])
     ax.set_ylabel(metric.replace("_", " ") + " (%)")
     ax.set_title("KD gain, paired seeds")
     ax.legend(fontsize=7)
@@ -202,7 +212,9 @@ def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_m
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. S-1")
-    parser.add_argument("--rows", nargs="+", default=["kld", "topo+grad"], help="loss= options of the KD arms")
+    parser.add_argument("--rows", nargs="+", default=["kld", "topo+grad"],
+                        help='the KD arms: loss= options, each optionally with overrides of its own, '
+                             'e.g. "kld loss.terms.kd.stop_epoch=6"')
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/kd_gain/<time>")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")

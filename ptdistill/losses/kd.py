@@ -35,8 +35,8 @@ class KLDivergenceLoss(nn.Module):
 class LogitDistillation(DistillationTerm):
     """λ_kd·L_kd of Eq. 8 on the final logits of every point."""
 
-    def __init__(self, weight: float, loss: KLDivergenceLoss):
-        super().__init__(weight)
+    def __init__(self, weight: float, loss: KLDivergenceLoss, start_epoch: int = 0, stop_epoch: int | None = None):
+        super().__init__(weight, start_epoch=start_epoch, stop_epoch=stop_epoch)
         self.loss = loss
 
     def forward(self, step: DistillStep) -> torch.Tensor:

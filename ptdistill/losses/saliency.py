@@ -77,9 +77,10 @@ class SaliencyDistillation(DistillationTerm):
     needs_teacher_grad = True
 
     def __init__(
-        self, weight: float, taps: list[str], loss: SaliencyLoss, resolution: Literal["points", "cells"] = "points"
+        self, weight: float, taps: list[str], loss: SaliencyLoss, resolution: Literal["points", "cells"] = "points",
+        start_epoch: int = 0, stop_epoch: int | None = None,
     ):
-        super().__init__(weight, taps)
+        super().__init__(weight, taps, start_epoch, stop_epoch)
         if resolution not in ("points", "cells"):
             raise ValueError(f"resolution must be points or cells, got {resolution!r}")
         self.loss, self.resolution = loss, resolution

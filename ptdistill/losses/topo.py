@@ -168,8 +168,9 @@ class TopologyDistillation(DistillationTerm):
 
     feature_term = True
 
-    def __init__(self, weight: float, taps: list[str], loss: TopologyLoss, overlap: bool | str = "auto"):
-        super().__init__(weight, taps)
+    def __init__(self, weight: float, taps: list[str], loss: TopologyLoss, overlap: bool | str = "auto",
+                 start_epoch: int = 0, stop_epoch: int | None = None):
+        super().__init__(weight, taps, start_epoch, stop_epoch)
         if overlap not in (True, False, "auto"):
             raise ValueError(f"overlap must be true, false or auto, got {overlap!r}")
         self.loss = loss

@@ -60,6 +60,7 @@ class DistillModule(SegmentationModule):
         self.grad_norm_every_n_steps = grad_norm_every_n_steps
         self.share_structure = share_structure and self.model.backbone.order == self.teacher.backbone.order
         self.skipped = Counter()  # non-finite losses left out, by name
+        self._logged_terms = None  # the active terms last logged
 
     @staticmethod
     def _term(name: str, config: dict) -> nn.Module:
@@ -79,26 +80,40 @@ class DistillModule(SegmentationModule):
         self.teacher.eval()
         return self
 
+    def active_terms(self) -> dict[str, nn.Module]:
+        """The terms that are on in this epoch (each term's start_epoch ≤ epoch < stop_epoch)."""
+        return {name: term for name, term in self.terms.items() if term.active(self.current_epoch)}
+
     def distill_step(self, batch: dict) -> DistillStep:
-        """Both forwards and L_seg: what every term needs."""
-        taps = sorted({tap for term in self.terms.values() for tap in term.taps})
+        """Both forwards and L_seg: what every term that is on needs. With none on, the teacher is not run."""
+        terms = self.active_terms().values()
+        taps = sorted({tap for term in terms for tap in term.taps})
         structure = self.model.structure(batch) if self.share_structure else None
         student = self.model(batch, taps=taps, structure=structure)
         seg = self.criterion(student["logits"], batch["segment"])
+        if not terms:
+            return DistillStep(batch, student, None, seg, self.criterion)
         # L_grad needs ∂L_seg/∂F of the teacher too, so its forward then keeps a graph from the taps on.
-        teacher_grad = any(term.needs_teacher_grad for term in self.terms.values())
+        teacher_grad = any(term.needs_teacher_grad for term in terms)
         teacher_taps, grad_enabled = {}, torch.is_grad_enabled()
 
         def start_terms(name, tap):  # a term whose taps all exist starts while the teacher's decoder runs
             teacher_taps[name] = tap
             with torch.set_grad_enabled(grad_enabled):  # the student's side, as outside the teacher's forward
-                for term in self.terms.values():
+                for term in terms:
                     if name in term.taps and teacher_taps.keys() >= set(term.taps):
                         term.start(batch, student["taps"], teacher_taps)
 
         with torch.set_grad_enabled(teacher_grad):
             teacher = self.teacher(batch, taps=taps, tap_grad=teacher_grad, structure=structure, on_tap=start_terms)
         return DistillStep(batch, student, teacher, seg, self.criterion)
+
+    def on_train_epoch_start(self) -> None:
+        """Logs which terms are on whenever that changes (a term's start_epoch or stop_epoch)."""
+        active = sorted(self.active_terms())
+        if active != self._logged_terms:
+            log.info("Epoch %d: distillation terms on: %s", self.current_epoch, ", ".join(active) or "none (L_seg only)")
+            self._logged_terms = active
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         step = self.distill_step(batch)
@@ -107,7 +122,7 @@ class DistillModule(SegmentationModule):
             self._skip("seg", batch)
             return None  # Lightning skips the optimizer step
         weighted = {"seg": step.seg_loss}
-        for name, term in self.terms.items():
+        for name, term in self.active_terms().items():
             value = term(step)
             self.log(f"train/raw/{name}", value.detach(), batch_size=batch_size)
             if not torch.isfinite(value):

@@ -79,12 +79,17 @@ def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
     overrides = [*TINY, "trainer.max_epochs=1", f"paths.data_dir={tmp_path.parent}/data", "trainer.check_val_every_n_epoch=1"]
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, "-m", "ptdistill.bench.kd_gain", "--seeds", "2", "--rows", "kld", "--out", str(out), *overrides],
+        [sys.executable, "-m", "ptdistill.bench.kd_gain", "--seeds", "2", "--rows", "kld", "kld loss.terms.kd.weight=0.5",
+         "--out", str(out), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PTDISTILL_ROOT": str(tmp_path)},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rows = list(csv.DictReader((out / "kd_gain.csv").open()))
-    assert sorted((int(r["seed"]), r["arm"]) for r in rows) == [(0, "kld"), (0, "student"), (1, "kld"), (1, "student")]
+    weighted = "kld loss.terms.kd.weight=0.5"  # a row with an override of its own
+    assert sorted((int(r["seed"]), r["arm"]) for r in rows) == sorted(
+        (s, arm) for s in (0, 1) for arm in ("kld", "student", weighted))
+    given = (out / "seed1" / "kld_loss.terms.kd.weight_0.5" / ".hydra" / "overrides.yaml").read_text()
+    assert "loss.terms.kd.weight=0.5" in given
     for r in rows:
         assert 0 <= float(r["test_mIoU"]) <= 100 and 0 <= float(r["agreement"]) <= 1 and float(r["kl_teacher_student"]) >= 0
     by = {(int(r["seed"]), r["arm"]): float(r["test_mIoU"]) for r in rows}
@@ -141,4 +146,4 @@ def test_a_kd_row_may_carry_overrides_of_its_own(tmp_path):
     assert arm_overrides(row, teacher) == ["loss=kld", f"stage.teacher_checkpoint={teacher}",
                                            "loss.terms.kd.stop_epoch=6", "recipe.kd.temperature=2"]
     assert arm_dir("topo+grad") == "topo_grad"
-    assert arm_dir(row) == "kld_loss.terms.kd.stop_epoch=6_recipe.kd.temperature=2"
+    assert arm_dir(row) == "kld_loss.terms.kd.stop_epoch_6_recipe.kd.temperature_2"

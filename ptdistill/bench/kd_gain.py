@@ -56,8 +56,8 @@ def arm_overrides(arm: str, teacher: Path) -> list[str]:
 
 
 def arm_dir(arm: str) -> str:
-    """The run folder of an arm: "topo+grad" -> "topo_grad", "kld loss.x=6" -> "kld_loss.x=6"."""
-    return re.sub(r"[^\w.=-]+", "_", arm)
+    """The run folder of an arm, a valid hydra.run.dir value: "topo+grad" -> "topo_grad", "kld a.b=6" -> "kld_a.b_6"."""
+    return re.sub(r"[^\w.-]+", "_", arm)
 
 
 def run_train(overrides: list[str], run_dir: Path, threads: int) -> dict:

@@ -79,8 +79,8 @@ def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
     overrides = [*TINY, "trainer.max_epochs=1", f"paths.data_dir={tmp_path.parent}/data", "trainer.check_val_every_n_epoch=1"]
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, "-m", "ptdistill.bench.kd_gain", "--seeds", "2", "--rows", "kld", "kld loss.terms.kd.weight=0.5",
-         "--out", str(out), *overrides],
+        [sys.executable, "-m", "ptdistill.bench.kd_gain", "--seeds", "2", "--rows", "kld",
+         "kld loss.terms.kd.weight=0.5", "--out", str(out), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PTDISTILL_ROOT": str(tmp_path)},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

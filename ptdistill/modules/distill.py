@@ -112,7 +112,8 @@ class DistillModule(SegmentationModule):
         """Logs which terms are on whenever that changes (a term's start_epoch or stop_epoch)."""
         active = sorted(self.active_terms())
         if active != self._logged_terms:
-            log.info("Epoch %d: distillation terms on: %s", self.current_epoch, ", ".join(active) or "none (L_seg only)")
+            on = ", ".join(active) or "none (L_seg only)"
+            log.info("Epoch %d: distillation terms on: %s", self.current_epoch, on)
             self._logged_terms = active
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:

@@ -1,8 +1,8 @@
 """KD gain with paired seeds: `python -m ptdistill.bench.kd_gain [--seeds 5] [--rows kld topo+grad] [OVERRIDE ...]`.
 
 For every seed it trains the no-KD student (`stage=student`) and the KD student of each row (a loss=
-option, optionally with overrides of its own: "kld loss.terms.kd.start_epoch=6") against one stage-1 teacher, or with `--teacher-per-seed` against a teacher of its own
-(stage 1 trained with that seed). The arms of a seed share the student's initialisation, the data order
+option, optionally with overrides of its own: "kld loss.terms.kd.start_epoch=6") against one stage-1
+teacher, or with `--teacher-per-seed` against a teacher of its own (stage 1 trained with that seed). The arms of a seed share the student's initialisation, the data order
 and the augmentation, which all come from the seed alone. With one teacher, the interval covers the
 spread between seeds for that teacher only: two teachers of the same recipe have given gains of opposite
 sign (docs/kd_diagnosis.md, section 13). A teacher per seed makes it cover the spread between teachers.

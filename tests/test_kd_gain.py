@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, TINY
 from scipy import stats
 
+from ptdistill.config import compose_train
 from ptdistill.tasks.report import paired_difference, write_report
 
 
@@ -75,6 +76,24 @@ def test_kd_gain_report_gives_the_val_split_after_the_test_split():
     assert "| 1 | 69.00 | 68.25 | -0.75 |" in val_part
 
 
+def test_kd_gain_per_class_table_pairs_each_class_iou_with_the_no_kd_arm():
+    from ptdistill.bench.kd_gain import class_summary, report
+
+    person = {("student", 0): 30.0, ("student", 1): 34.0, ("student", 2): 32.5, ("kld", 0): 33.0, ("kld", 1): 35.5,
+              ("kld", 2): 36.0}
+    results = [{"seed": seed, "arm": arm, "test_mIoU": 70.0, "val_mIoU": 66.0, "agreement": 0.9,
+                "kl_teacher_student": 0.1, "test_IoU/person": v, "test_IoU/road": 95.0} for (arm, seed), v in person.items()]
+    lines = class_summary(results, ["kld"]).splitlines()
+    assert lines[0] == "| class | student | kld − student |"
+    d = paired_difference([33.0, 35.5, 36.0], [30.0, 34.0, 32.5])  # by hand: +3.0, +1.5, +3.5
+    assert d["mean"] == pytest.approx(8.0 / 3)
+    assert lines[2] == f"| person | {(30.0 + 34.0 + 32.5) / 3:.2f} | {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] |"
+    assert lines[3].startswith("| road | 95.00 | +0.00 [")
+    assert "Per class, test IoU:" in report(results, ["kld"]).split("On val:")[0]
+    no_classes = [{k: v for k, v in r.items() if not k.startswith("test_IoU/")} for r in results]
+    assert class_summary(no_classes, ["kld"]) == "" and "Per class" not in report(no_classes, ["kld"])
+
+
 def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
     overrides = [*TINY, "trainer.max_epochs=1", f"paths.data_dir={tmp_path.parent}/data", "trainer.check_val_every_n_epoch=1"]
     out = tmp_path / "bench"
@@ -90,6 +109,9 @@ def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
         (s, arm) for s in (0, 1) for arm in ("kld", "student", weighted))
     given = (out / "seed1" / "kld_loss.terms.kd.weight_0.5" / ".hydra" / "overrides.yaml").read_text()
     assert "loss.terms.kd.weight=0.5" in given
+    classes = compose_train(overrides).dataset.class_names
+    assert {key for key in rows[0] if key.startswith("test_IoU/")} == {f"test_IoU/{name}" for name in classes}
+    assert "Per class, test IoU:" in result.stdout
     for r in rows:
         assert 0 <= float(r["test_mIoU"]) <= 100 and 0 <= float(r["agreement"]) <= 1 and float(r["kl_teacher_student"]) >= 0
     by = {(int(r["seed"]), r["arm"]): float(r["test_mIoU"]) for r in rows}
@@ -101,7 +123,6 @@ def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
 
 def test_kd_gain_teacher_per_seed_distils_each_seed_from_its_own_teacher(tmp_path):
     from ptdistill.bench.kd_gain import teacher_agreement
-    from ptdistill.config import compose_train
 
     overrides = [*TINY, "trainer.max_epochs=1", "teacher_epochs=1", f"paths.data_dir={tmp_path.parent}/data"]
     out = tmp_path / "bench"

@@ -9,8 +9,8 @@ sign (docs/kd_diagnosis.md, section 13). A teacher per seed makes it cover the s
 
 Each run is scored on the test split (`test=true`, its best-on-val checkpoint) and, on val, against its
 teacher: argmax agreement and KL(teacher ‖ student) at T = 1, per original point. It prints per-seed mIoU,
-the per-seed differences KD − no-KD with their mean and 95 % t-interval, on test and then on val, and
-writes kd_gain.csv (a row as each run ends), kd_gain.md and kd_gain.png. `--summarize DIR` redoes the tables and the plot from a
+the per-seed differences KD − no-KD with their mean and 95 % t-interval, on test (with each class's IoU
+gain) and then on val, and writes kd_gain.csv (a row as each run ends), kd_gain.md and kd_gain.png. `--summarize DIR` redoes the tables and the plot from a
 (partial) kd_gain.csv.
 
 Runs are `train.py` processes, `--jobs` at a time with `--threads` torch threads each (two one-thread
@@ -45,6 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE = "student"  # the no-KD arm
+CLASS_IOU = "test_IoU/"  # kd_gain.csv's per-class test IoU columns: test_IoU/<class>
 
 
 def arm_overrides(arm: str, teacher: Path) -> list[str]:
@@ -124,8 +125,10 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
                             out / f"seed{seed}" / arm_dir(arm), threads)
         torch.set_num_threads(threads)
         scores = teacher_agreement(metrics["checkpoint"], str(teachers[seed]), cfg)
+        classes = {CLASS_IOU + key.removeprefix("test/IoU/"): 100 * value
+                   for key, value in metrics.items() if key.startswith("test/IoU/")}
         row = {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
-               **scores, "seconds": time.perf_counter() - start}
+               **scores, "seconds": time.perf_counter() - start, **classes}
         with lock, log.open("a", newline="") as f:  # each run as it ends
             writer = csv.DictWriter(f, fieldnames=list(row))
             if f.tell() == 0:
@@ -142,6 +145,16 @@ def read_results(path: Path) -> list[dict]:
     """kd_gain.csv back as rows (possibly from an unfinished benchmark)."""
     with path.open() as f:
         return [{k: v if k == "arm" else int(v) if k == "seed" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def paired_cells(value: dict, arm: str, reference: str, metric: str) -> list[str]:
+    """[mean, 95 % t-interval, n] of arm − reference in `metric`, over the seeds that have both; value maps
+    (seed, arm) to a kd_gain.csv row."""
+    both = sorted(seed for seed, a in value if a == arm and (seed, reference) in value)
+    if arm == reference or not both:
+        return ["—", "—", "—"]
+    d = paired_difference([value[(s, arm)][metric] for s in both], [value[(s, reference)][metric] for s in both])
+    return [f"{d['mean']:+.2f}", f"[{d['low']:+.2f}, {d['high']:+.2f}]", str(d["n"])]
 
 
 def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> str:
@@ -167,13 +180,6 @@ def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> 
               f"| paired difference from {first} | 95 % t-interval | n | val agreement with teacher | val KL(T‖S) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
 
-    def paired(arm, reference):
-        both = [s for s in seeds if (s, arm) in value and (s, reference) in value]
-        if arm == reference or not both:
-            return ["—", "—", "—"]
-        d = paired_difference([value[(s, arm)][metric] for s in both], [value[(s, reference)][metric] for s in both])
-        return [f"{d['mean']:+.2f}", f"[{d['low']:+.2f}, {d['high']:+.2f}]", str(d["n"])]
-
     for arm in arms:
         mine = [s for s in seeds if (s, arm) in value]
         if not mine:
@@ -181,16 +187,35 @@ def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> 
         mean = sum(value[(s, arm)][metric] for s in mine) / len(mine)
         agreement = sum(value[(s, arm)]["agreement"] for s in mine) / len(mine)
         kl = sum(value[(s, arm)]["kl_teacher_student"] for s in mine) / len(mine)
-        versus_first = paired(arm, first) if arm != BASELINE else ["—", "—", "—"]
-        cells = [f"{mean:.2f}", *paired(arm, BASELINE), *versus_first, f"{100 * agreement:.2f} %", f"{kl:.4f}"]
+        versus_first = paired_cells(value, arm, first, metric) if arm != BASELINE else ["—", "—", "—"]
+        cells = [f"{mean:.2f}", *paired_cells(value, arm, BASELINE, metric), *versus_first, f"{100 * agreement:.2f} %", f"{kl:.4f}"]
         name = f"{arm} (no KD)" if arm == BASELINE else arm
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def class_summary(results: list[dict], rows: list[str]) -> str:
+    """Markdown: each class's test IoU of the no-KD arm (mean over its seeds), then each KD row's paired
+    difference from it with its 95 % t-interval: which classes a gain comes from. Empty without per-class
+    columns."""
+    classes = sorted({key.removeprefix(CLASS_IOU) for r in results for key in r if key.startswith(CLASS_IOU)})
+    value = {(r["seed"], r["arm"]): r for r in results}
+    lines = ["| class | " + BASELINE + " | " + " | ".join(f"{a} − {BASELINE}" for a in rows) + " |",
+             "|" + "---|" * (2 + len(rows))]
+    for name in classes:
+        metric = CLASS_IOU + name
+        baseline = [r[metric] for (_, arm), r in value.items() if arm == BASELINE]
+        cells = [" ".join(paired_cells(value, arm, BASELINE, metric)[:2]) for arm in rows]
+        lines.append(f"| {name} | {sum(baseline) / len(baseline):.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if classes else ""
+
+
 def report(results: list[dict], rows: list[str]) -> str:
-    """The test split's tables, which the benchmark reports, then val's, the split a recipe is chosen on."""
-    return summary(results, rows) + "\n\nOn val:\n\n" + summary(results, rows, metric="val_mIoU")
+    """The test split's tables, which the benchmark reports, and its per-class IoU gains when the runs
+    give them; then val's tables, the split a recipe is chosen on."""
+    classes = class_summary(results, rows)
+    per_class = f"\n\nPer class, test IoU:\n\n{classes}" if classes else ""
+    return summary(results, rows) + per_class + "\n\nOn val:\n\n" + summary(results, rows, metric="val_mIoU")
 
 
 def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_mIoU") -> None:

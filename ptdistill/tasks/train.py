@@ -41,7 +41,8 @@ def teacher_home(cfg: DictConfig) -> Path:
 
 
 def fit(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = ()) -> dict:
-    """Train the module that `cfg.stage` describes; return its best val mIoU and checkpoint."""
+    """Train the module that `cfg.stage` describes; return its best val mIoU and checkpoint, and with `cfg.test`
+    its test mIoU and per-class test IoUs (`test/IoU/<class>`)."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule)
     module = instantiate(cfg.stage.module)
@@ -60,6 +61,7 @@ def fit(cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = ()) -> dict:
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=result["checkpoint"])
         result["test/mIoU"] = float(trainer.callback_metrics["test/mIoU"])
+        result |= {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/IoU/")}
     if cfg.stage.name == "teacher" and trainer.is_global_zero and not trainer.fast_dev_run:
         _register_teacher(cfg, result)
     return result

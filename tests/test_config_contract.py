@@ -36,6 +36,16 @@ def test_every_table7_row_builds_under_every_experiment(tiny_config, experiment)
             assert module.terms["topo"].loss.num_samples == cfg.topo_samples
 
 
+def test_distill_start_epoch_starts_every_term_and_a_terms_own_key_wins(tiny_config):
+    module = instantiate(tiny_config("loss=topo+grad", "distill_start_epoch=6").stage.module)
+    assert {name: term.start_epoch for name, term in module.terms.items()} == {"kd": 6, "topo": 6, "grad": 6}
+    assert not any(term.active(5) for term in module.terms.values()) and all(t.active(6) for t in module.terms.values())
+    module = instantiate(tiny_config("loss=topo+grad", "distill_start_epoch=6", "loss.terms.kd.start_epoch=2").stage.module)
+    assert {name: term.start_epoch for name, term in module.terms.items()} == {"kd": 2, "topo": 6, "grad": 6}
+    module = instantiate(tiny_config("loss=grad").stage.module)  # the default: every epoch, as Eq. 8
+    assert {name: term.start_epoch for name, term in module.terms.items()} == {"kd": 0, "grad": 0}
+
+
 def test_configs_compose_from_several_threads_at_once():
     """The KD-gain driver composes configs from its worker threads; Hydra's global state allows one at a time."""
     from concurrent.futures import ThreadPoolExecutor

@@ -119,6 +119,30 @@ def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):
     mean = (by[(0, "kld")] + by[(1, "kld")]) / 2
     assert f"| kld | {mean:.2f} | {d['mean']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | 2 |" in result.stdout
     assert (out / "kd_gain.png").stat().st_size > 1000 and (out / "kd_gain.md").exists()
+    trained = {path: path.stat().st_mtime_ns for path in out.glob("seed*/*/metrics.json")}
+    again = subprocess.run(  # the same benchmark into the same --out trains nothing again
+        [sys.executable, "-m", "ptdistill.bench.kd_gain", "--seeds", "2", "--rows", "kld", weighted, "--out", str(out),
+         *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PTDISTILL_ROOT": str(tmp_path)},
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert again.stdout.count("Reusing the finished run") == 6
+    assert {path: path.stat().st_mtime_ns for path in out.glob("seed*/*/metrics.json")} == trained
+    reread = {(int(r["seed"]), r["arm"]): float(r["test_mIoU"]) for r in csv.DictReader((out / "kd_gain.csv").open())}
+    assert reread == by
+
+
+def test_a_run_is_reused_only_when_it_finished_with_the_same_overrides(tmp_path):
+    from ptdistill.bench.kd_gain import finished_run
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- loss=kld\n- seed=1\n")
+    assert not finished_run(run, ["loss=kld", "seed=1"])  # no metrics.json: it did not finish
+    (run / "metrics.json").write_text("{}")
+    assert finished_run(run, ["loss=kld", "seed=1"])
+    assert not finished_run(run, ["loss=kld", "seed=2"]) and not finished_run(run, ["loss=kld"])
+    assert not finished_run(tmp_path / "elsewhere", ["loss=kld", "seed=1"])
 
 
 def test_kd_gain_teacher_per_seed_distils_each_seed_from_its_own_teacher(tmp_path):

@@ -10,8 +10,10 @@ sign (docs/kd_diagnosis.md, section 13). A teacher per seed makes it cover the s
 Each run is scored on the test split (`test=true`, its best-on-val checkpoint) and, on val, against its
 teacher: argmax agreement and KL(teacher ‖ student) at T = 1, per original point. It prints per-seed mIoU,
 the per-seed differences KD − no-KD with their mean and 95 % t-interval, on test (with each class's IoU
-gain) and then on val, and writes kd_gain.csv (a row as each run ends), kd_gain.md and kd_gain.png. `--summarize DIR` redoes the tables and the plot from a
-(partial) kd_gain.csv.
+gain) and then on val, and writes kd_gain.csv (a row as each run ends), kd_gain.md and kd_gain.png.
+`--summarize DIR` redoes the tables and the plot from a (partial) kd_gain.csv. Given the --out of an
+earlier benchmark, it reuses every run there that finished with the same overrides: an interrupted
+benchmark loses no finished run, and a new row trains only its own arms.
 
 Runs are `train.py` processes, `--jobs` at a time with `--threads` torch threads each (two one-thread
 jobs use a 2-core machine better than one two-thread job, and never oversubscribe it).
@@ -32,7 +34,7 @@ from pathlib import Path
 import matplotlib
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ptdistill.config import compose_train
 from ptdistill.scoring import full_resolution_scores
@@ -62,7 +64,11 @@ def arm_dir(arm: str) -> str:
 
 
 def run_train(overrides: list[str], run_dir: Path, threads: int) -> dict:
-    """One `train.py` run into run_dir; its metrics.json."""
+    """One `train.py` run into run_dir; its metrics.json. A finished run already there with the same
+    overrides (from an interrupted benchmark, or one with fewer rows, in the same --out) is reused."""
+    if finished_run(run_dir, overrides):
+        print(f"Reusing the finished run in {run_dir}", flush=True)
+        return json.loads((run_dir / "metrics.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"OMP_NUM_THREADS": str(threads)}
     args = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
@@ -71,6 +77,12 @@ def run_train(overrides: list[str], run_dir: Path, threads: int) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"train.py {' '.join(overrides)} failed (exit {done.returncode}); see {run_dir / 'train.out'}")
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def finished_run(run_dir: Path, overrides: list[str]) -> bool:
+    """Whether run_dir holds a run that ended (its metrics.json) and was given exactly these overrides."""
+    given = run_dir / ".hydra" / "overrides.yaml"
+    return (run_dir / "metrics.json").exists() and given.exists() and OmegaConf.load(given) == overrides
 
 
 @torch.no_grad()

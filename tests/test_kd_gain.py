@@ -92,6 +92,19 @@ def test_kd_gain_per_class_table_pairs_each_class_iou_with_the_no_kd_arm():
     assert "Per class, test IoU:" in report(results, ["kld"]).split("On val:")[0]
     no_classes = [{k: v for k, v in r.items() if not k.startswith("test_IoU/")} for r in results]
     assert class_summary(no_classes, ["kld"]) == "" and "Per class" not in report(no_classes, ["kld"])
+    mixed = no_classes[:1] + results[1:]  # seed 0's no-KD run came from a version without class columns
+    person = next(line for line in class_summary(mixed, ["kld"]).splitlines() if line.startswith("| person |"))
+    d = paired_difference([35.5, 36.0], [34.0, 32.5])
+    assert person == f"| person | {(34.0 + 32.5) / 2:.2f} | {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] |"
+
+
+def test_kd_gain_csv_reads_back_a_row_with_empty_class_columns(tmp_path):
+    from ptdistill.bench.kd_gain import read_results
+
+    path = tmp_path / "kd_gain.csv"
+    path.write_text("seed,arm,test_mIoU,test_IoU/person\n0,student,70.5,\n0,kld,71.0,33.25\n")
+    assert read_results(path) == [{"seed": 0, "arm": "student", "test_mIoU": 70.5},
+                                  {"seed": 0, "arm": "kld", "test_mIoU": 71.0, "test_IoU/person": 33.25}]
 
 
 def test_kd_gain_runs_paired_arms_end_to_end(tmp_path):

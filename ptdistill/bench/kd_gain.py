@@ -12,8 +12,8 @@ teacher: argmax agreement and KL(teacher ‖ student) at T = 1, per original poi
 the per-seed differences KD − no-KD with their mean and 95 % t-interval, on test (with each class's IoU
 gain) and then on val, and writes kd_gain.csv (a row as each run ends), kd_gain.md and kd_gain.png.
 `--summarize DIR` redoes the tables and the plot from a (partial) kd_gain.csv. Given the --out of an
-earlier benchmark, it reuses every run there that finished with the same overrides: an interrupted
-benchmark loses no finished run, and a new row trains only its own arms.
+earlier benchmark, it reuses every run there that finished with the same overrides (its `seconds` is then
+the scoring's alone): an interrupted benchmark loses no finished run, and a new row trains only its arms.
 
 Runs are `train.py` processes, `--jobs` at a time with `--threads` torch threads each (two one-thread
 jobs use a 2-core machine better than one two-thread job, and never oversubscribe it).
@@ -141,28 +141,31 @@ def run_benchmark(seeds: list[int], rows: list[str], overrides: list[str], out: 
                    for key, value in metrics.items() if key.startswith("test/IoU/")}
         row = {"seed": seed, "arm": arm, "val_mIoU": 100 * metrics["val/mIoU"], "test_mIoU": 100 * metrics["test/mIoU"],
                **scores, "seconds": time.perf_counter() - start, **classes}
-        with lock, log.open("a", newline="") as f:  # each run as it ends
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if f.tell() == 0:
+        with lock:  # rewritten as each run ends; a reused run of an older version may lack the class columns
+            ended.append(row)
+            with log.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for r in ended for key in r)))
                 writer.writeheader()
-            writer.writerow(row)
+                writer.writerows(ended)
         return row
 
-    log.unlink(missing_ok=True)
+    ended = []
     with ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(one, arms))
 
 
 def read_results(path: Path) -> list[dict]:
-    """kd_gain.csv back as rows (possibly from an unfinished benchmark)."""
+    """kd_gain.csv back as rows (possibly from an unfinished benchmark); a row lacks the columns it left empty."""
     with path.open() as f:
-        return [{k: v if k == "arm" else int(v) if k == "seed" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{k: v if k == "arm" else int(v) if k == "seed" else float(v) for k, v in r.items() if v != ""}
+                for r in csv.DictReader(f)]
 
 
 def paired_cells(value: dict, arm: str, reference: str, metric: str) -> list[str]:
     """[mean, 95 % t-interval, n] of arm − reference in `metric`, over the seeds that have both; value maps
     (seed, arm) to a kd_gain.csv row."""
-    both = sorted(seed for seed, a in value if a == arm and (seed, reference) in value)
+    both = sorted(seed for seed, a in value if a == arm and metric in value[(seed, a)]
+                  and metric in value.get((seed, reference), {}))
     if arm == reference or not both:
         return ["—", "—", "—"]
     d = paired_difference([value[(s, arm)][metric] for s in both], [value[(s, reference)][metric] for s in both])
@@ -216,9 +219,11 @@ def class_summary(results: list[dict], rows: list[str]) -> str:
              "|" + "---|" * (2 + len(rows))]
     for name in classes:
         metric = CLASS_IOU + name
-        baseline = [r[metric] for (_, arm), r in value.items() if arm == BASELINE]
-        cells = [" ".join(paired_cells(value, arm, BASELINE, metric)[:2]) for arm in rows]
-        lines.append(f"| {name} | {sum(baseline) / len(baseline):.2f} | " + " | ".join(cells) + " |")
+        baseline = [r[metric] for (_, arm), r in value.items() if arm == BASELINE and metric in r]
+        cells = [f"{mean} {interval}" if n != "—" else "—"
+                 for mean, interval, n in (paired_cells(value, arm, BASELINE, metric) for arm in rows)]
+        mean = f"{sum(baseline) / len(baseline):.2f}" if baseline else "—"
+        lines.append(f"| {name} | {mean} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if classes else ""
 
 

@@ -195,7 +195,7 @@ def test_demo_table_puts_the_kd_gain_beside_the_models():
 
 
 def test_a_kd_row_may_carry_overrides_of_its_own(tmp_path):
-    from ptdistill.bench.kd_gain import BASELINE, arm_dir, arm_overrides
+    from ptdistill.bench.kd_gain import BASELINE, arm_dir, arm_overrides, short_label
 
     teacher = tmp_path / "teacher.ckpt"
     assert arm_overrides(BASELINE, teacher) == ["stage=student"]
@@ -203,5 +203,7 @@ def test_a_kd_row_may_carry_overrides_of_its_own(tmp_path):
     row = "kld loss.terms.kd.stop_epoch=6 recipe.kd.temperature=2"
     assert arm_overrides(row, teacher) == ["loss=kld", f"stage.teacher_checkpoint={teacher}",
                                            "loss.terms.kd.stop_epoch=6", "recipe.kd.temperature=2"]
+    assert short_label(row) == "kld\nstop_epoch=6\ntemperature=2"
+    assert short_label("topo+grad loss.terms.kd.start_epoch=6 loss.terms.grad.start_epoch=6") == "topo+grad\nstart_epoch=6"
     assert arm_dir("topo+grad") == "topo_grad"
     assert arm_dir(row) == "kld_loss.terms.kd.stop_epoch_6_recipe.kd.temperature_2"

@@ -235,6 +235,12 @@ def report(results: list[dict], rows: list[str]) -> str:
     return summary(results, rows) + per_class + "\n\nOn val:\n\n" + summary(results, rows, metric="val_mIoU")
 
 
+def short_label(arm: str) -> str:
+    """A row's axis label: its loss, then each distinct override by its last key ("start_epoch=6"), a line each."""
+    loss, *own = arm.split()
+    return "\n".join([loss, *dict.fromkeys(override.rsplit(".", 1)[-1] for override in own)])
+
+
 def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_mIoU") -> None:
     """Each seed's arms joined by a line: paired seeds show the gain whatever the seed's level."""
     arms = [BASELINE, *rows]
@@ -242,7 +248,7 @@ def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_m
     for seed in sorted({r["seed"] for r in results}):
         by_arm = {r["arm"]: r[metric] for r in results if r["seed"] == seed}
         ax.plot(range(len(arms)), [by_arm.get(a, float("nan")) for a in arms], marker="o", label=f"seed {seed}")
-    ax.set_xticks(range(len(arms)), [f"{a}\n(no KD)" if a == BASELINE else a.replace(" ", "\n") for a in arms])
+    ax.set_xticks(range(len(arms)), [f"{a}\n(no KD)" if a == BASELINE else short_label(a) for a in arms])
     ax.set_ylabel(metric.replace("_", " ") + " (%)")
     ax.set_title("KD gain, paired seeds")
     ax.legend(fontsize=7)

@@ -40,7 +40,8 @@ def test_distill_start_epoch_starts_every_term_and_a_terms_own_key_wins(tiny_con
     module = instantiate(tiny_config("loss=topo+grad", "distill_start_epoch=6").stage.module)
     assert {name: term.start_epoch for name, term in module.terms.items()} == {"kd": 6, "topo": 6, "grad": 6}
     assert not any(term.active(5) for term in module.terms.values()) and all(t.active(6) for t in module.terms.values())
-    module = instantiate(tiny_config("loss=topo+grad", "distill_start_epoch=6", "loss.terms.kd.start_epoch=2").stage.module)
+    cfg = tiny_config("loss=topo+grad", "distill_start_epoch=6", "loss.terms.kd.start_epoch=2")
+    module = instantiate(cfg.stage.module)
     assert {name: term.start_epoch for name, term in module.terms.items()} == {"kd": 2, "topo": 6, "grad": 6}
     module = instantiate(tiny_config("loss=grad").stage.module)  # the default: every epoch, as Eq. 8
     assert {name: term.start_epoch for name, term in module.terms.items()} == {"kd": 0, "grad": 0}

@@ -82,12 +82,14 @@ def test_kd_gain_per_class_table_pairs_each_class_iou_with_the_no_kd_arm():
     person = {("student", 0): 30.0, ("student", 1): 34.0, ("student", 2): 32.5, ("kld", 0): 33.0, ("kld", 1): 35.5,
               ("kld", 2): 36.0}
     results = [{"seed": seed, "arm": arm, "test_mIoU": 70.0, "val_mIoU": 66.0, "agreement": 0.9,
-                "kl_teacher_student": 0.1, "test_IoU/person": v, "test_IoU/road": 95.0} for (arm, seed), v in person.items()]
+                "kl_teacher_student": 0.1, "test_IoU/person": v, "test_IoU/road": 95.0}
+               for (arm, seed), v in person.items()]
     lines = class_summary(results, ["kld"]).splitlines()
     assert lines[0] == "| class | student | kld − student |"
     d = paired_difference([33.0, 35.5, 36.0], [30.0, 34.0, 32.5])  # by hand: +3.0, +1.5, +3.5
     assert d["mean"] == pytest.approx(8.0 / 3)
-    assert lines[2] == f"| person | {(30.0 + 34.0 + 32.5) / 3:.2f} | {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] |"
+    interval = f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+    assert lines[2] == f"| person | {(30.0 + 34.0 + 32.5) / 3:.2f} | {interval} |"
     assert lines[3].startswith("| road | 95.00 | +0.00 [")
     assert "Per class, test IoU:" in report(results, ["kld"]).split("On val:")[0]
     no_classes = [{k: v for k, v in r.items() if not k.startswith("test_IoU/")} for r in results]

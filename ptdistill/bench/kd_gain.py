@@ -203,7 +203,8 @@ def summary(results: list[dict], rows: list[str], metric: str = "test_mIoU") -> 
         agreement = sum(value[(s, arm)]["agreement"] for s in mine) / len(mine)
         kl = sum(value[(s, arm)]["kl_teacher_student"] for s in mine) / len(mine)
         versus_first = paired_cells(value, arm, first, metric) if arm != BASELINE else ["—", "—", "—"]
-        cells = [f"{mean:.2f}", *paired_cells(value, arm, BASELINE, metric), *versus_first, f"{100 * agreement:.2f} %", f"{kl:.4f}"]
+        cells = [f"{mean:.2f}", *paired_cells(value, arm, BASELINE, metric), *versus_first,
+                 f"{100 * agreement:.2f} %", f"{kl:.4f}"]
         name = f"{arm} (no KD)" if arm == BASELINE else arm
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -271,3 +271,25 @@ def test_a_term_on_in_no_epoch_is_a_one_line_config_error(tiny_config, window):
         instantiate(cfg.stage.module)
     error = find_user_error(caught.value)
     assert isinstance(error, UserError) and str(error).startswith(f"loss.terms.kd: start_epoch={start}, stop_epoch=")
+
+
+def test_a_run_whose_epochs_no_term_is_on_in_is_refused_before_its_first_step(distill_setup, tiny_config):
+    import lightning as L
+
+    from ptdistill.errors import UserError
+
+    _, batch = distill_setup
+    module = _module(tiny_config("loss=kld", "distill_start_epoch=2"))
+    steps = []  # the steps run; None from training_step skips the optimizer, which is not under test here
+    module.training_step = lambda batch, batch_idx: steps.append(batch_idx)
+
+    def fit_epochs(epochs: int) -> None:
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+
+    with pytest.raises(UserError, match=r"in any of this run's 2 epochs \(0-based start epochs: kd 2\)"):
+        fit_epochs(2)
+    assert steps == []
+    fit_epochs(3)  # kd is on in epoch 2
+    assert steps == [0, 0, 0]

@@ -80,6 +80,17 @@ class DistillModule(SegmentationModule):
         self.teacher.eval()
         return self
 
+    def on_fit_start(self) -> None:
+        """A run whose epochs no term is on in would train the no-KD student under a KD name: refused (e.g.
+        distill_start_epoch=6 with trainer.max_epochs=4). stage=student is the run without distillation."""
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 0 or not self.terms:  # no epoch limit: max_steps ends the run
+            return
+        if not any(term.active(epoch) for term in self.terms.values() for epoch in range(epochs)):
+            starts = ", ".join(f"{name} {term.start_epoch}" for name, term in self.terms.items())
+            raise UserError(f"No distillation term is on in any of this run's {epochs} epochs (0-based start "
+                            f"epochs: {starts}): lower distill_start_epoch or raise trainer.max_epochs")
+
     def active_terms(self) -> dict[str, nn.Module]:
         """The terms that are on in this epoch (each term's start_epoch ≤ epoch < stop_epoch)."""
         return {name: term for name, term in self.terms.items() if term.active(self.current_epoch)}

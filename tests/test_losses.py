@@ -51,6 +51,36 @@ def test_kd_matches_the_definition(n, k, temperature, seed):
     assert got >= -1e-12
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(2, 6), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
+def test_class_balanced_kd_weighs_each_point_by_its_class_count(n, k, class_balance, seed):
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(n, k, generator=g, dtype=torch.float64)
+    teacher = torch.randn(n, k, generator=g, dtype=torch.float64)
+    target = torch.randint(-1, k, (n,), generator=g)
+    kl, weight = [], []
+    for i in range(n):
+        if target[i] == -1:
+            continue
+        p_t, p_s = torch.softmax(teacher[i] / 2.0, 0), torch.softmax(student[i] / 2.0, 0)
+        kl.append(float((p_t * (p_t.log() - p_s.log())).sum()) * 4.0)
+        weight.append(float((target == target[i]).sum()) ** -class_balance)
+    expected = np.dot(weight, kl) / np.sum(weight) if kl else 0.0
+    got = KLDivergenceLoss(2.0, class_balance=class_balance)(student, teacher, target).item()
+    assert np.isclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_fully_class_balanced_kd_is_the_mean_over_classes_of_each_class_mean():
+    g = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(30, 4, generator=g), torch.randn(30, 4, generator=g)
+    target = torch.tensor([0] * 20 + [1] * 7 + [3] * 3)
+    kd = KLDivergenceLoss(1.0)
+    per_class = [kd(student[target == c], teacher[target == c], target[target == c]) for c in (0, 1, 3)]
+    balanced = KLDivergenceLoss(1.0, class_balance=1.0)(student, teacher, target)
+    assert torch.isclose(balanced, torch.stack(per_class).mean(), rtol=1e-5)
+    assert not torch.isclose(balanced, kd(student, teacher, target), rtol=1e-3)
+
+
 def test_kd_is_zero_for_identical_logits_and_sends_no_gradient_to_the_teacher():
     student = torch.randn(20, 5, requires_grad=True)
     teacher = student.detach().clone().requires_grad_(True)

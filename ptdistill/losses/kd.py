@@ -11,14 +11,22 @@ class KLDivergenceLoss(nn.Module):
     """T² · KL(softmax(z_T / T) ‖ softmax(z_S / T)), averaged over the points that are not ignored.
 
     The T² factor keeps the gradient scale independent of the temperature (Hinton et al., 2015).
+
+    class_balance (α, an option beyond the paper, whose L_kd is the plain point average α = 0): each point
+    weighs n_c^(-α), n_c the number of points in the batch with its label c, and the loss is the weighted
+    mean. α = 1 averages each class's mean KL over the classes present, so a class of 1 % of the points
+    counts as much as one of 50 %.
     """
 
-    def __init__(self, temperature: float = 4.0, ignore_index: int = -1):
+    def __init__(self, temperature: float = 4.0, ignore_index: int = -1, class_balance: float = 0.0):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"KD temperature must be positive, got {temperature}")
+        if not 0.0 <= class_balance <= 1.0:
+            raise ValueError(f"class_balance must lie in [0, 1] (0: the paper's point average), got {class_balance}")
         self.temperature = temperature
         self.ignore_index = ignore_index
+        self.class_balance = class_balance
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """student_logits (N, K), teacher_logits (N, K), target (N,) -> scalar."""
@@ -28,8 +36,13 @@ class KLDivergenceLoss(nn.Module):
         t = self.temperature
         log_p_student = F.log_softmax(student_logits[keep] / t, dim=1)  # (N', K)
         log_p_teacher = F.log_softmax(teacher_logits[keep].detach() / t, dim=1)  # (N', K)
-        kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
-        return kl * t * t
+        if self.class_balance == 0.0:
+            kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+            return kl * t * t
+        kl_per_point = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none").sum(1)  # (N',)
+        _, label_index, label_count = target[keep].unique(return_inverse=True, return_counts=True)
+        weight = label_count[label_index].to(kl_per_point.dtype) ** -self.class_balance  # (N',)
+        return (weight * kl_per_point).sum() / weight.sum() * t * t
 
 
 class LogitDistillation(DistillationTerm):

@@ -36,6 +36,20 @@ def test_segmentation_loss_ignores_points_and_survives_all_ignored():
 
 
 @settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(2, 6), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
+def test_class_balanced_ce_weighs_each_point_by_its_class_count(n, k, class_balance, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=g, dtype=torch.float64)
+    target = torch.randint(-1, k, (n,), generator=g)
+    kept = [i for i in range(n) if target[i] != -1]
+    ce = [-float(torch.log_softmax(logits[i], 0)[target[i]]) for i in kept]
+    weight = [float((target == target[i]).sum()) ** -class_balance for i in kept]
+    expected = np.dot(weight, ce) / np.sum(weight) if kept else 0.0
+    got = SegmentationLoss(ignore_index=-1, class_balance=class_balance)(logits, target).item()
+    assert np.isclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
 @given(st.integers(1, 40), st.integers(2, 8), st.floats(0.5, 8.0), st.integers(0, 2**31 - 1))
 def test_kd_matches_the_definition(n, k, temperature, seed):
     g = torch.Generator().manual_seed(seed)

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptdistill.losses.class_balance import class_balanced_mean
 from ptdistill.losses.term import DistillationTerm, DistillStep
 
 
@@ -13,9 +14,7 @@ class KLDivergenceLoss(nn.Module):
     The T² factor keeps the gradient scale independent of the temperature (Hinton et al., 2015).
 
     class_balance (α, an option beyond the paper, whose L_kd is the plain point average α = 0): each point
-    weighs n_c^(-α), n_c the number of points in the batch with its label c, and the loss is the weighted
-    mean. α = 1 averages each class's mean KL over the classes present, so a class of 1 % of the points
-    counts as much as one of 50 %.
+    weighs n_c^(-α), n_c the batch's points of its label (`class_balanced_mean`).
     """
 
     def __init__(self, temperature: float = 4.0, ignore_index: int = -1, class_balance: float = 0.0):
@@ -40,9 +39,7 @@ class KLDivergenceLoss(nn.Module):
             kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
             return kl * t * t
         kl_per_point = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none").sum(1)  # (N',)
-        _, label_index, label_count = target[keep].unique(return_inverse=True, return_counts=True)
-        weight = label_count[label_index].to(kl_per_point.dtype) ** -self.class_balance  # (N',)
-        return (weight * kl_per_point).sum() / weight.sum() * t * t
+        return class_balanced_mean(kl_per_point, target[keep], self.class_balance) * t * t
 
 
 class LogitDistillation(DistillationTerm):

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptdistill.losses.class_balance import class_balanced_mean
+
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
     """Lovász-softmax (Berman et al., 2018), averaged over the classes present in `target`.
@@ -32,20 +34,36 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
 
 
 class SegmentationLoss(nn.Module):
-    """L_seg: `ce_weight * CE + lovasz_weight * Lovász`, ignoring `ignore_index` points."""
+    """L_seg: `ce_weight * CE + lovasz_weight * Lovász`, ignoring `ignore_index` points.
 
-    def __init__(self, ignore_index: int = -1, ce_weight: float = 1.0, lovasz_weight: float = 0.0):
+    class_balance (α, beyond the paper's point-averaged CE, 0): each point's CE weighs n_c^(-α), n_c the
+    batch's points of its label (`class_balanced_mean`).
+    """
+
+    def __init__(self, ignore_index: int = -1, ce_weight: float = 1.0, lovasz_weight: float = 0.0,
+                 class_balance: float = 0.0):
         super().__init__()
+        if not 0.0 <= class_balance <= 1.0:
+            raise ValueError(f"class_balance must lie in [0, 1] (0: the paper's point average), got {class_balance}")
         self.ignore_index = ignore_index
         self.ce_weight = ce_weight
         self.lovasz_weight = lovasz_weight
+        self.class_balance = class_balance
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """logits (N, K), target (N,) with at least one point kept -> scalar."""
+        if self.class_balance == 0.0:
+            return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        keep = target != self.ignore_index  # (N,)
+        per_point = F.cross_entropy(logits[keep], target[keep], reduction="none")  # (N',)
+        return class_balanced_mean(per_point, target[keep], self.class_balance)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """logits (N, K), target (N,) -> scalar."""
         loss = logits.new_zeros(())
         if self.ce_weight:
             if (target != self.ignore_index).any():
-                loss = loss + self.ce_weight * F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+                loss = loss + self.ce_weight * self.cross_entropy(logits, target)
             else:  # every point ignored: a zero loss that still reaches the graph
                 loss = loss + logits.sum() * 0.0
         if self.lovasz_weight:

@@ -1,4 +1,5 @@
-"""The paired-seed KD-gain benchmark: its statistics by hand, the Table 7 paired rows, and a tiny run end to end."""
+"""The paired-seed KD-gain benchmark: its statistics by hand, the Table 7 paired rows, the teacher-free control
+term, and a tiny run end to end."""
 
 import csv
 import json
@@ -9,10 +10,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT, TINY
 from scipy import stats
 
+from ptdistill.bench.label_teacher import LabelDistillation
 from ptdistill.config import compose_train
+from ptdistill.losses.kd import KLDivergenceLoss
+from ptdistill.losses.seg import SegmentationLoss
+from ptdistill.losses.term import DistillStep
 from ptdistill.tasks.report import paired_difference, write_report
 
 
@@ -209,3 +215,18 @@ def test_a_kd_row_may_carry_overrides_of_its_own(tmp_path):
     assert short_label("topo+grad loss.terms.kd.start_epoch=6 loss.terms.grad.start_epoch=6") == "topo+grad\nstart_epoch=6"
     assert arm_dir("topo+grad") == "topo_grad"
     assert arm_dir(row) == "kld_loss.terms.kd.stop_epoch_6_recipe.kd.temperature_2"
+
+
+@pytest.mark.parametrize("class_balance", [0.0, 0.5, 1.0])
+def test_the_label_teacher_control_is_the_cross_entropy_weighed_as_kd_weighs_points(class_balance):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(50, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(-1, 6, (50,), generator=g)
+    term = LabelDistillation(1.0, KLDivergenceLoss(1.0, class_balance=class_balance))
+    step = DistillStep({"segment": target}, {"logits": logits}, None, logits.sum() * 0, None)
+    control = term(step)
+    cross_entropy = SegmentationLoss(ignore_index=-1, class_balance=class_balance)(logits, target)
+    assert torch.isclose(control, cross_entropy, rtol=0, atol=1e-10)
+    control_grad, = torch.autograd.grad(control, logits)
+    ce_grad, = torch.autograd.grad(cross_entropy, logits)
+    assert torch.allclose(control_grad, ce_grad, atol=1e-10)

@@ -293,3 +293,11 @@ def test_a_run_whose_epochs_no_term_is_on_in_is_refused_before_its_first_step(di
     assert steps == []
     fit_epochs(3)  # kd is on in epoch 2
     assert steps == [0, 0, 0]
+
+
+def test_the_step_benchmark_times_every_term_of_its_row_although_the_demo_distils_late():
+    from ptdistill.bench.distill_step import row_config
+
+    module = instantiate(row_config("topo+grad", []).stage.module)
+    assert module.current_epoch == 0
+    assert set(module.active_terms()) == {"kd", "topo", "grad"}

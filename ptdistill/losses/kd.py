@@ -35,7 +35,7 @@ class KLDivergenceLoss(nn.Module):
         t = self.temperature
         log_p_student = F.log_softmax(student_logits[keep] / t, dim=1)  # (N', K)
         log_p_teacher = F.log_softmax(teacher_logits[keep].detach() / t, dim=1)  # (N', K)
-        if self.class_balance == 0.0:
+        if self.class_balance == 0.0:  # the paper's point average, the same reduction as before the option
             kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
             return kl * t * t
         kl_per_point = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none").sum(1)  # (N',)

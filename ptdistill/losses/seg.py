@@ -52,7 +52,7 @@ class SegmentationLoss(nn.Module):
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """logits (N, K), target (N,) with at least one point kept -> scalar."""
-        if self.class_balance == 0.0:
+        if self.class_balance == 0.0:  # the paper's point average, the same reduction as before the option
             return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
         keep = target != self.ignore_index  # (N,)
         per_point = F.cross_entropy(logits[keep], target[keep], reduction="none")  # (N',)

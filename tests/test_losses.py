@@ -35,16 +35,20 @@ def test_segmentation_loss_ignores_points_and_survives_all_ignored():
     assert empty.item() == 0.0 and empty.requires_grad
 
 
+def _class_weighted_mean(per_point: dict, target: torch.Tensor, class_balance: float) -> float:
+    """By hand: the mean of {point: loss} with each point weighed by its label's count to -class_balance."""
+    weight = [float((target == target[i]).sum()) ** -class_balance for i in per_point]
+    return np.dot(weight, list(per_point.values())) / np.sum(weight) if per_point else 0.0
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 40), st.integers(2, 6), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
 def test_class_balanced_ce_weighs_each_point_by_its_class_count(n, k, class_balance, seed):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, k, generator=g, dtype=torch.float64)
     target = torch.randint(-1, k, (n,), generator=g)
-    kept = [i for i in range(n) if target[i] != -1]
-    ce = [-float(torch.log_softmax(logits[i], 0)[target[i]]) for i in kept]
-    weight = [float((target == target[i]).sum()) ** -class_balance for i in kept]
-    expected = np.dot(weight, ce) / np.sum(weight) if kept else 0.0
+    ce = {i: -float(torch.log_softmax(logits[i], 0)[target[i]]) for i in range(n) if target[i] != -1}
+    expected = _class_weighted_mean(ce, target, class_balance)
     got = SegmentationLoss(ignore_index=-1, class_balance=class_balance)(logits, target).item()
     assert np.isclose(got, expected, rtol=1e-9, atol=1e-12)
 
@@ -72,14 +76,9 @@ def test_class_balanced_kd_weighs_each_point_by_its_class_count(n, k, class_bala
     student = torch.randn(n, k, generator=g, dtype=torch.float64)
     teacher = torch.randn(n, k, generator=g, dtype=torch.float64)
     target = torch.randint(-1, k, (n,), generator=g)
-    kl, weight = [], []
-    for i in range(n):
-        if target[i] == -1:
-            continue
-        p_t, p_s = torch.softmax(teacher[i] / 2.0, 0), torch.softmax(student[i] / 2.0, 0)
-        kl.append(float((p_t * (p_t.log() - p_s.log())).sum()) * 4.0)
-        weight.append(float((target == target[i]).sum()) ** -class_balance)
-    expected = np.dot(weight, kl) / np.sum(weight) if kl else 0.0
+    p_t, p_s = torch.softmax(teacher / 2.0, 1), torch.softmax(student / 2.0, 1)
+    kl = {i: float((p_t[i] * (p_t[i].log() - p_s[i].log())).sum()) * 4.0 for i in range(n) if target[i] != -1}
+    expected = _class_weighted_mean(kl, target, class_balance)
     got = KLDivergenceLoss(2.0, class_balance=class_balance)(student, teacher, target).item()
     assert np.isclose(got, expected, rtol=1e-9, atol=1e-12)
 

@@ -23,5 +23,6 @@ class LabelDistillation(LogitDistillation):
 
     def forward(self, step: DistillStep) -> torch.Tensor:
         logits, target = step.student["logits"], step.batch["segment"]  # (N, K), (N,)
-        label_logits = F.one_hot(target.clamp(min=0), logits.shape[1]).to(logits.dtype) * LABEL_MARGIN  # (N, K)
+        label = target.masked_fill(target == self.loss.ignore_index, 0)  # (N,) L_kd drops the ignored points
+        label_logits = F.one_hot(label, logits.shape[1]).to(logits.dtype) * LABEL_MARGIN  # (N, K)
         return self.loss(logits, label_logits, target)

@@ -3,6 +3,13 @@
 import torch
 
 
+def checked_power(power: float) -> float:
+    """`power` if it lies in [0, 1] (0: the paper's point average), else a ValueError naming the option."""
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"class_balance must lie in [0, 1] (0: the paper's point average), got {power}")
+    return power
+
+
 def class_balanced_mean(per_point: torch.Tensor, labels: torch.Tensor, power: float) -> torch.Tensor:
     """The mean of `per_point` (N,) with each point weighed n_c^(-power), n_c the number of points whose
     label (N,) is its own. power 0 is the plain mean; power 1 the mean over the classes present of each

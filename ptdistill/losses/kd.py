@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptdistill.losses.class_balance import class_balanced_mean
+from ptdistill.losses.class_balance import checked_power, class_balanced_mean
 from ptdistill.losses.term import DistillationTerm, DistillStep
 
 
@@ -21,11 +21,9 @@ class KLDivergenceLoss(nn.Module):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"KD temperature must be positive, got {temperature}")
-        if not 0.0 <= class_balance <= 1.0:
-            raise ValueError(f"class_balance must lie in [0, 1] (0: the paper's point average), got {class_balance}")
         self.temperature = temperature
         self.ignore_index = ignore_index
-        self.class_balance = class_balance
+        self.class_balance = checked_power(class_balance)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """student_logits (N, K), teacher_logits (N, K), target (N,) -> scalar."""

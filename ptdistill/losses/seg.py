@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptdistill.losses.class_balance import class_balanced_mean
+from ptdistill.losses.class_balance import checked_power, class_balanced_mean
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
@@ -43,12 +43,10 @@ class SegmentationLoss(nn.Module):
     def __init__(self, ignore_index: int = -1, ce_weight: float = 1.0, lovasz_weight: float = 0.0,
                  class_balance: float = 0.0):
         super().__init__()
-        if not 0.0 <= class_balance <= 1.0:
-            raise ValueError(f"class_balance must lie in [0, 1] (0: the paper's point average), got {class_balance}")
         self.ignore_index = ignore_index
         self.ce_weight = ce_weight
         self.lovasz_weight = lovasz_weight
-        self.class_balance = class_balance
+        self.class_balance = checked_power(class_balance)
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """logits (N, K), target (N,) with at least one point kept -> scalar."""

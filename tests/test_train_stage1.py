@@ -52,6 +52,18 @@ def test_teacher_stage_trains_registers_and_resumes_exactly(tiny_config):
         torch.testing.assert_close(final[key], uninterrupted[key], rtol=0, atol=0, msg=key)
 
 
+def test_a_teacher_trained_with_another_recipe_is_not_reused_from_the_registry(tiny_config):
+    def home(*overrides):  # the registry folder's name (each config has its own temporary root)
+        return teacher_home(tiny_config(*overrides)).name
+
+    teacher = home("stage=teacher")
+    assert home("stage=distill", "loss=kld") == teacher  # stage 2 finds stage 1's teacher
+    assert home("stage=teacher", "dataset.datamodule.num_workers=0") == teacher
+    for other in ("optimizer.lr=0.123", "scheduler.pct_start=0.5", "block_lr_scale=0.5",
+                  "recipe.seg.lovasz_weight=1", "teacher_epochs=7"):
+        assert home("stage=teacher", other) != teacher, other
+
+
 def test_best_score_is_read_from_the_best_checkpoint_when_the_callback_lost_it(tiny_config):
     """As in a spawned DDP run, whose children send back the best checkpoint's path but not its score."""
     cfg = tiny_config("stage=teacher", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1")

@@ -27,11 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def teacher_home(cfg: DictConfig) -> Path:
-    """Registry folder of the teacher for this dataset, teacher architecture and number of epochs."""
+    """Registry folder of the teacher for this dataset, teacher architecture and training recipe (epochs,
+    optimizer, schedule, L_seg): a teacher trained otherwise is not reused in its place."""
     key = {
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "teacher": OmegaConf.to_container(cfg.model.teacher, resolve=True),
         "epochs": cfg.teacher_epochs,
+        "training": OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["optimizer", "scheduler", "block_lr_scale"]),
+                                           resolve=True) | {"seg": OmegaConf.to_container(cfg.loss.seg, resolve=True)},
     }
     for name in ("datamodule", "tta"):  # loader and test-time settings do not change the teacher
         key["dataset"].pop(name, None)

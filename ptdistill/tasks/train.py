@@ -29,12 +29,16 @@ log = logging.getLogger(__name__)
 def teacher_home(cfg: DictConfig) -> Path:
     """Registry folder of the teacher for this dataset, teacher architecture and training recipe (epochs,
     optimizer, schedule, L_seg): a teacher trained otherwise is not reused in its place."""
+
+    def resolved(node):  # a config node as plain data; a leaf (a null scheduler, a number) as it is
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
     key = {
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "teacher": OmegaConf.to_container(cfg.model.teacher, resolve=True),
+        "dataset": resolved(cfg.dataset),
+        "teacher": resolved(cfg.model.teacher),
         "epochs": cfg.teacher_epochs,
-        "training": OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["optimizer", "scheduler", "block_lr_scale"]),
-                                           resolve=True) | {"seg": OmegaConf.to_container(cfg.loss.seg, resolve=True)},
+        **{name: resolved(cfg[name]) for name in ("optimizer", "scheduler", "block_lr_scale")},
+        "seg": resolved(cfg.loss.seg),
     }
     for name in ("datamodule", "tta"):  # loader and test-time settings do not change the teacher
         key["dataset"].pop(name, None)

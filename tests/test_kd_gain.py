@@ -13,7 +13,9 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 from scipy import stats
+from torch.optim.lr_scheduler import OneCycleLR
 
+from ptdistill.bench.adam_transient import OneCycleWithAdamTransient, adam_step_ratio
 from ptdistill.bench.label_teacher import LabelDistillation
 from ptdistill.config import compose_train
 from ptdistill.losses.kd import KLDivergenceLoss
@@ -230,3 +232,31 @@ def test_the_label_teacher_control_is_the_cross_entropy_weighed_as_kd_weighs_poi
     control_grad, = torch.autograd.grad(control, logits)
     ce_grad, = torch.autograd.grad(cross_entropy, logits)
     assert torch.allclose(control_grad, ce_grad, atol=1e-10)
+
+
+@pytest.mark.parametrize("steps_before", [5, 240])
+def test_the_adam_transient_ratio_is_adamw_s_step_after_the_loss_doubles(steps_before):
+    param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.AdamW([param], lr=1.0, betas=(0.9, 0.999), eps=0.0, weight_decay=0.0)
+    for step in range(steps_before + 300):
+        before = param.detach().clone()
+        param.grad = torch.full_like(param, 1.0 if step < steps_before else 2.0)
+        optimizer.step()
+        taken = (before - param.detach()).item()  # the unscaled step is 1 at lr 1
+        after = step - steps_before + 1
+        expected = adam_step_ratio(steps_before, after, 2.0, (0.9, 0.999)) if after > 0 else 1.0
+        assert taken == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_adam_transient_schedule_is_one_cycle_times_the_ratio_from_the_jump():
+    def optimizer():
+        return torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=0.1)
+    kwargs = {"max_lr": 0.1, "total_steps": 40, "pct_start": 0.1}
+    transient, one_cycle = OneCycleWithAdamTransient(optimizer(), jump_at=0.5, **kwargs), OneCycleLR(optimizer(), **kwargs)
+    for step in range(40):
+        ratio = 1.0 if step < 20 else adam_step_ratio(20, step - 19, 2.0, (0.9, 0.999))
+        assert transient.get_last_lr()[0] == pytest.approx(one_cycle.get_last_lr()[0] * ratio, rel=1e-12)
+        assert (ratio > 1.0) == (step >= 20)
+        for schedule in (transient, one_cycle):
+            schedule.optimizer.step()
+            schedule.step()

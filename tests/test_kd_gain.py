@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, TINY
+from hydra.utils import instantiate
 from scipy import stats
 from torch.optim.lr_scheduler import OneCycleLR
 
@@ -234,6 +235,15 @@ def test_the_label_teacher_control_is_the_cross_entropy_weighed_as_kd_weighs_poi
     assert torch.allclose(control_grad, ce_grad, atol=1e-10)
 
 
+def test_loss_labels_is_the_kld_row_with_the_labels_in_the_teacher_s_place(tiny_config):
+    kld, labels = (tiny_config("experiment=kd_gain", f"loss={loss}", "loss.terms.kd.loss.class_balance=1")
+                   for loss in ("kld", "labels"))
+    assert labels.loss.terms.kd._target_ == "ptdistill.bench.label_teacher.LabelDistillation"
+    kld.loss.terms.kd._target_, kld.loss.name = labels.loss.terms.kd._target_, labels.loss.name
+    assert labels.loss == kld.loss  # the same λ_kd, T, epochs and weighting, whatever the overrides
+    module = instantiate(labels.stage.module)
+    assert type(module.terms["kd"]) is LabelDistillation and module.terms["kd"].loss.class_balance == 1.0
+
 @pytest.mark.parametrize("steps_before", [5, 240])
 def test_the_adam_transient_ratio_is_adamw_s_step_after_the_loss_doubles(steps_before):
     param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -252,7 +262,8 @@ def test_the_adam_transient_schedule_is_one_cycle_times_the_ratio_from_the_jump(
     def optimizer():
         return torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=0.1)
     kwargs = {"max_lr": 0.1, "total_steps": 40, "pct_start": 0.1}
-    transient, one_cycle = OneCycleWithAdamTransient(optimizer(), jump_at=0.5, **kwargs), OneCycleLR(optimizer(), **kwargs)
+    transient = OneCycleWithAdamTransient(optimizer(), jump_at=0.5, **kwargs)
+    one_cycle = OneCycleLR(optimizer(), **kwargs)
     for step in range(40):
         ratio = 1.0 if step < 20 else adam_step_ratio(20, step - 19, 2.0, (0.9, 0.999))
         assert transient.get_last_lr()[0] == pytest.approx(one_cycle.get_last_lr()[0] * ratio, rel=1e-12)

@@ -19,7 +19,7 @@ def softmax(row):
 
 def test_the_statistics_are_those_of_the_gradients_cell_by_cell():
     g = torch.Generator().manual_seed(3)
-    student, teacher = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randn(40, 5, generator=g, dtype=torch.float64)
+    student, teacher = (torch.randn(40, 5, generator=g, dtype=torch.float64) for _ in range(2))
     target = torch.randint(0, 5, (40,), generator=g)
     stats = summarise(target_sums(student, teacher, target))
     right = p_t_label = p_s_label = dot = kd_sq = ce_sq = extra_sq = extra_wrong = 0.0

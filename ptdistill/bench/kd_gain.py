@@ -1,11 +1,14 @@
-"""KD gain with paired seeds: `python -m ptdistill.bench.kd_gain [--seeds 5] [--rows kld topo+grad] [OVERRIDE ...]`.
+"""KD gain with paired seeds: `python -m ptdistill.bench.kd_gain [--seeds 5] [--rows kld labels topo+grad] [OVERRIDE]`.
 
 For every seed it trains the no-KD student (`stage=student`) and the KD student of each row (a loss=
 option, optionally with overrides of its own: "kld loss.terms.kd.start_epoch=6") against one stage-1
-teacher, or with `--teacher-per-seed` against a teacher of its own (stage 1 trained with that seed). The arms of a seed share the student's initialisation, the data order
-and the augmentation, which all come from the seed alone. With one teacher, the interval covers the
-spread between seeds for that teacher only: two teachers of the same recipe have given gains of opposite
-sign (docs/kd_diagnosis.md, section 13). A teacher per seed makes it cover the spread between teachers.
+teacher, or with `--teacher-per-seed` against a teacher of its own (stage 1 trained with that seed). The
+arms of a seed share the student's initialisation, the data order and the augmentation, which all come
+from the seed alone. With one teacher, the interval covers the spread between seeds for that teacher only:
+two teachers of the same recipe have given gains of opposite sign (docs/kd_diagnosis.md, section 13). A
+teacher per seed makes it cover the spread between teachers.
+The default rows include `labels` (conf/loss/labels.yaml), the kld row with the labels in the teacher's
+place: a row's difference from it is what the teacher itself adds (sections 23-24).
 
 Each run is scored on the test split (`test=true`, its best-on-val checkpoint) and, on val, against its
 teacher: argmax agreement and KL(teacher ‖ student) at T = 1, per original point. It prints per-seed mIoU,
@@ -261,9 +264,9 @@ def plot(results: list[dict], rows: list[str], path: Path, metric: str = "test_m
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. S-1")
-    parser.add_argument("--rows", nargs="+", default=["kld", "topo+grad"],
+    parser.add_argument("--rows", nargs="+", default=["kld", "labels", "topo+grad"],
                         help='the KD arms: loss= options, each optionally with overrides of its own, '
-                             'e.g. "kld loss.terms.kd.stop_epoch=6"')
+                             'e.g. "kld loss.terms.kd.stop_epoch=6"; labels: the teacher-free control')
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/kd_gain/<time>")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")

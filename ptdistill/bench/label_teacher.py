@@ -1,7 +1,8 @@
 """A teacher-free control for `bench.kd_gain`: the KD term with the teacher's logits replaced by the labels.
 
-    python -m ptdistill.bench.kd_gain --rows \
-        "kld loss.terms.kd._target_=ptdistill.bench.label_teacher.LabelDistillation" ...
+    python train.py loss=labels ...        (conf/loss/labels.yaml: the kld row with this term)
+    python -m ptdistill.bench.kd_gain --rows kld labels "kld loss.terms.kd.loss.class_balance=1" \
+        "labels loss.terms.kd.loss.class_balance=1"
 
 The row keeps everything of the KD row it copies (λ_kd, T, the epochs it is on, class_balance) but the
 teacher's knowledge: whatever it gains over the no-KD student, a teacher did not give.

@@ -25,7 +25,7 @@ def adam_step_ratio(steps_before: int, steps_after: int, loss_scale: float, beta
     """
     total = steps_before + steps_after
     first, second = [
-        (beta**steps_after * (1 - beta**steps_before) * 1 + (1 - beta**steps_after) * scale) / (1 - beta**total)
+        (beta**steps_after * (1 - beta**steps_before) + (1 - beta**steps_after) * scale) / (1 - beta**total)
         for beta, scale in zip(betas, (loss_scale, loss_scale**2))
     ]
     return first / math.sqrt(second)

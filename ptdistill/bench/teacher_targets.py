@@ -55,18 +55,12 @@ def summarise(sums: dict) -> dict:
 
 
 @torch.no_grad()
-def split_statistics(student_checkpoint: str, teacher_checkpoint: str, overrides: list[str], split: str) -> dict:
-    """summarise() over every cell of `split` that has a label, as the loaders give them to training."""
-    cfg = compose_train(overrides)
-    student, teacher = module_from_checkpoint(student_checkpoint), module_from_checkpoint(teacher_checkpoint)
-    datamodule = instantiate(cfg.dataset.datamodule, num_workers=0)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    torch.manual_seed(cfg.seed)  # the train split's augmentation
-    loader = datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
+def split_statistics(student: torch.nn.Module, teacher: torch.nn.Module, loader, ignore_index: int, seed: int) -> dict:
+    """summarise() over every labelled cell the loader gives, as it gives them to training."""
+    torch.manual_seed(seed)  # every student sees the train split's same augmentation
     totals: dict = {}
     for batch in loader:
-        keep = batch["segment"] != cfg.dataset.ignore_index  # (N,)
+        keep = batch["segment"] != ignore_index  # (N,)
         sums = target_sums(student(batch)[keep], teacher(batch)[keep], batch["segment"][keep])
         totals = {key: totals.get(key, 0) + value for key, value in sums.items()}
     return summarise(totals)
@@ -81,8 +75,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.teacher in args.student:
         parser.error(f"{args.teacher} is given as the teacher and as a student: KD's gradient is 0 there")
-    rows = [(split, student, split_statistics(student, args.teacher, args.overrides, split))
-            for student in args.student for split in args.splits]
+    cfg = compose_train(args.overrides)
+    datamodule = instantiate(cfg.dataset.datamodule, num_workers=0)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    loaders = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader}
+    teacher = module_from_checkpoint(args.teacher)
+    rows = []
+    for path in args.student:
+        student = module_from_checkpoint(path)
+        rows += [(split, path, split_statistics(student, teacher, loaders[split](), cfg.dataset.ignore_index, cfg.seed))
+                 for split in args.splits]
     columns = list(rows[0][2])
     print("| split | student | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))

@@ -301,3 +301,18 @@ def test_the_step_benchmark_times_every_term_of_its_row_although_the_demo_distil
     module = instantiate(row_config("topo+grad", []).stage.module)
     assert module.current_epoch == 0
     assert set(module.active_terms()) == {"kd", "topo", "grad"}
+
+
+def test_the_step_benchmark_splits_the_terms_into_their_own_work_and_restores_what_it_times(distill_setup):
+    from ptdistill.bench.distill_step import training_step
+    from ptdistill.losses import saliency, topo
+    from ptdistill.topology.persistence import PendingDiagrams
+
+    cfg, batch = distill_setup
+    originals = (saliency.channel_weights, topo.tps, PendingDiagrams.result)
+    parts = training_step(cfg)(batch)
+    # One backward per model for Eq. 4, told apart, and both inside L_grad; the wait for the diagrams inside L_topo.
+    assert 0 < parts["∂L_seg/∂F_S"] and 0 < parts["∂L_seg/∂F_T"]
+    assert parts["∂L_seg/∂F_S"] + parts["∂L_seg/∂F_T"] <= parts["L_grad"]
+    assert 0 < parts["TPS"] + parts["persistence wait"] <= parts["L_topo"]
+    assert (saliency.channel_weights, topo.tps, PendingDiagrams.result) == originals

@@ -11,10 +11,13 @@ student forwards and every loss term), the backward, gradient clipping when the 
 sets it, and the optimizer step. The second table splits each row's median step into them: the
 input level's serialization (shared by both models), the student and teacher forwards (their
 pooled levels and kernel maps are built lazily inside), L_seg, each term, the backward (with
-clipping) and the optimizer; a term's backward counts in the backward. The rows take turns batch by batch on the same batches, so that
-this machine's drifting speed (up to 1.5x from one minute to the next) falls on every row alike;
-data loading is outside the timing. The teacher has random weights: the step costs the same with
-trained ones.
+clipping) and the optimizer; a term's backward counts in the backward. The third table splits the two
+terms into the work an exact L_topo and L_grad cannot skip: L_topo's TPS and its wait for the
+diagrams (the persistence itself runs on the term's threads), and L_grad's two backwards from L_seg
+to the tapped features (Eq. 4's ∂L_seg/∂F, one through each model's decoder). The rows take turns
+batch by batch on the same batches, so that this machine's drifting speed (up to 1.5x from one minute
+to the next) falls on every row alike; data loading is outside the timing. The teacher has random
+weights: the step costs the same with trained ones.
 """
 
 import argparse
@@ -25,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import torch
@@ -32,7 +36,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from ptdistill.losses import saliency, topo
 from ptdistill.modules.optim import configure_one_cycle
+from ptdistill.topology.persistence import PendingDiagrams
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = ("kld", "topo", "grad", "topo+grad")
@@ -60,6 +66,19 @@ def _timed(seconds: dict[str, float], name: str, call: Callable) -> Callable:
     return timed
 
 
+def _timed_channel_weights(seconds: dict[str, float], channel_weights: Callable) -> Callable:
+    """`channel_weights`, its seconds counted as the student's or the teacher's backward. The teacher is
+    frozen, so its tap is a leaf made to require grad; the student's tap has a grad_fn."""
+
+    def timed(seg_loss: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        weights = channel_weights(seg_loss, feat)
+        seconds["∂L_seg/∂F_T" if feat.is_leaf else "∂L_seg/∂F_S"] += time.perf_counter() - start
+        return weights
+
+    return timed
+
+
 def training_step(cfg: DictConfig) -> Callable[[dict], dict[str, float]]:
     """One optimizer step of the config's stage-2 module on a batch, as Lightning runs it; it returns the
     seconds of its parts (see the module docstring), "step" the whole."""
@@ -80,7 +99,12 @@ def training_step(cfg: DictConfig) -> Callable[[dict], dict[str, float]]:
         seconds.clear()
         start = time.perf_counter()
         optimizer.zero_grad()
-        loss = module.training_step(batch, 0)
+        with (  # the parts inside the terms are module functions, timed while this row's step runs
+            mock.patch.object(saliency, "channel_weights", _timed_channel_weights(seconds, saliency.channel_weights)),
+            mock.patch.object(topo, "tps", _timed(seconds, "TPS", topo.tps)),
+            mock.patch.object(PendingDiagrams, "result", _timed(seconds, "persistence wait", PendingDiagrams.result)),
+        ):
+            loss = module.training_step(batch, 0)
         if loss is not None:  # every term non-finite: Lightning skips the step
             _timed(seconds, "backward", loss.backward)()
             if clip:
@@ -141,6 +165,22 @@ def main() -> None:
         other = median["step"] - sum(median[name] for name in names)
         cells = [f"{median[name]:.3f}" if any(name in p for p in steps) else "—" for name in names]
         print(f"| {loss} | " + " | ".join(cells) + f" | {other:.3f} | {median['step']:.3f} |")
+
+    term_parts = ["L_topo", "TPS", "persistence wait", "L_grad", "∂L_seg/∂F_S", "∂L_seg/∂F_T"]
+    rows = {loss: steps for loss, steps in parts.items() if any("L_topo" in p or "L_grad" in p for p in steps)}
+    if rows:
+        print("\nInside the terms: median seconds of L_topo and L_grad and of the work they cannot skip\n")
+        print("| loss | " + " | ".join(term_parts) + " |")
+        print("|---|" + "---|" * len(term_parts))
+        for loss, steps in rows.items():
+            median = {name: statistics.median(p.get(name, 0.0) for p in steps) for name in term_parts}
+            cells = [f"{median[name]:.3f}" if any(name in p for p in steps) else "—" for name in term_parts]
+            print(f"| {loss} | " + " | ".join(cells) + " |")
+        for loss, steps in rows.items():
+            if base and "∂L_seg/∂F_T" in steps[0]:
+                backwards = statistics.median(p["∂L_seg/∂F_S"] + p["∂L_seg/∂F_T"] for p in steps)
+                print(f"{loss}: Eq. 4's two backwards alone take {backwards:.3f} s, "
+                      f"{backwards / base:.0%} of a kld step")
 
 
 if __name__ == "__main__":

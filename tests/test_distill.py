@@ -316,3 +316,28 @@ def test_the_step_benchmark_splits_the_terms_into_their_own_work_and_restores_wh
     assert parts["∂L_seg/∂F_S"] + parts["∂L_seg/∂F_T"] <= parts["L_grad"]
     assert 0 < parts["TPS"] + parts["persistence wait"] <= parts["L_topo"]
     assert (saliency.channel_weights, topo.tps, PendingDiagrams.result) == originals
+
+
+def test_l_grad_over_two_taps_is_the_sum_of_its_one_tap_terms_with_one_backward_per_model(
+    distill_setup, tiny_config, monkeypatch
+):
+    from ptdistill.losses.saliency import SaliencyDistillation
+
+    _, batch = distill_setup
+    # Not in forward order: the teacher's leaf (its first tap, enc3) comes second.
+    module = _module(tiny_config("loss=grad", "loss.terms.grad.taps=[enc4,enc3]"))
+    step = module.distill_step(batch)
+    grad = module.terms["grad"]
+    inputs_per_backward = []
+    autograd_grad = torch.autograd.grad
+
+    def counted_grad(outputs, inputs, **kwargs):
+        inputs_per_backward.append(len(inputs))
+        return autograd_grad(outputs, inputs, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted_grad)
+    both = grad(step)
+    assert inputs_per_backward == [2, 2]  # Eq. 4: one backward for the student and one for the teacher
+    monkeypatch.undo()
+    one_tap = [SaliencyDistillation(grad.weight, [name], grad.loss, grad.resolution)(step) for name in grad.taps]
+    torch.testing.assert_close(both, sum(one_tap))

@@ -138,7 +138,7 @@ def test_saliency_loss_matches_a_hand_computation_on_a_tiny_model():
     for feat, w in [(feat_s, w_s), (feat_t, w_t)]:
         f = torch.from_numpy(feat).requires_grad_(True)
         seg = F.cross_entropy(f @ torch.from_numpy(w), target)
-        weights.append(channel_weights(seg, f))
+        weights.extend(channel_weights(seg, [f]))
         torch_feats.append(f)
     got = SaliencyLoss()(torch_feats[0], weights[0], torch_feats[1], weights[1], offset)
     assert np.isclose(got.item(), expected, rtol=1e-10)

@@ -68,12 +68,13 @@ def _timed(seconds: dict[str, float], name: str, call: Callable) -> Callable:
 
 def _timed_channel_weights(seconds: dict[str, float], channel_weights: Callable) -> Callable:
     """`channel_weights`, its seconds counted as the student's or the teacher's backward. The teacher is
-    frozen, so its tap is a leaf made to require grad; the student's tap has a grad_fn."""
+    frozen, so its first tap is a leaf made to require grad; every tap of the student has a grad_fn."""
 
-    def timed(seg_loss: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    def timed(seg_loss: torch.Tensor, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         start = time.perf_counter()
-        weights = channel_weights(seg_loss, feat)
-        seconds["∂L_seg/∂F_T" if feat.is_leaf else "∂L_seg/∂F_S"] += time.perf_counter() - start
+        weights = channel_weights(seg_loss, feats)
+        teacher = any(feat.is_leaf for feat in feats)
+        seconds["∂L_seg/∂F_T" if teacher else "∂L_seg/∂F_S"] += time.perf_counter() - start
         return weights
 
     return timed

@@ -1,5 +1,6 @@
 """L_grad (Sec. 3.3, Eq. 4-7): gradient-guided saliency alignment between teacher and student."""
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -10,10 +11,11 @@ from ptdistill.losses.term import DistillationTerm, DistillStep
 from ptdistill.points import one_point_per_cell, sample_index
 
 
-def channel_weights(seg_loss: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
-    """Eq. 4: ω_k = mean_i |∂L_seg/∂F_ik|, detached. feat (N_l, C) must lie on the path to `seg_loss`."""
-    (grad,) = torch.autograd.grad(seg_loss, feat, retain_graph=True)  # (N_l, C)
-    return grad.abs().mean(dim=0).detach()  # (C,)
+def channel_weights(seg_loss: torch.Tensor, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Eq. 4 at every tapped layer: ω_k = mean_i |∂L_seg/∂F_ik|, detached. feats [(N_l, C_l)] must lie on the
+    path to `seg_loss`; one backward serves them all, however many layers are tapped."""
+    grads = torch.autograd.grad(seg_loss, list(feats), retain_graph=True)  # [(N_l, C_l)]
+    return [grad.abs().mean(dim=0).detach() for grad in grads]  # [(C_l,)]
 
 
 def saliency_map(
@@ -87,16 +89,15 @@ class SaliencyDistillation(DistillationTerm):
 
     def forward(self, step: DistillStep) -> torch.Tensor:
         teacher_seg = step.criterion(step.teacher["logits"], step.batch["segment"])
+        students = [step.student["taps"][name] for name in self.taps]
+        teachers = [step.teacher["taps"][name] for name in self.taps]
+        student_weights = channel_weights(step.seg_loss, [s.feat for s in students])  # [(C_S,)] Eq. 4
+        teacher_weights = channel_weights(teacher_seg, [t.feat for t in teachers])  # [(C_T,)]
         loss = step.seg_loss.new_zeros(())
-        for name in self.taps:
-            s, t = step.student["taps"][name], step.teacher["taps"][name]
-            student_weights = channel_weights(step.seg_loss, s.feat)  # (C_S,) Eq. 4
-            teacher_weights = channel_weights(teacher_seg, t.feat)  # (C_T,)
+        for s, t, w_s, w_t in zip(students, teachers, student_weights, teacher_weights):
             if self.resolution == "cells":
                 points, offset = one_point_per_cell((s, t), step.batch["offset"])  # (N_cells,), (B,)
             else:
                 points, offset = torch.arange(len(s.index), device=s.index.device), step.batch["offset"]
-            loss = loss + self.loss(
-                s.feat[s.index[points]], student_weights, t.feat[t.index[points]].detach(), teacher_weights, offset
-            )
+            loss = loss + self.loss(s.feat[s.index[points]], w_s, t.feat[t.index[points]].detach(), w_t, offset)
         return loss

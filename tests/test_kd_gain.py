@@ -244,6 +244,7 @@ def test_loss_labels_is_the_kld_row_with_the_labels_in_the_teacher_s_place(tiny_
     module = instantiate(labels.stage.module)
     assert type(module.terms["kd"]) is LabelDistillation and module.terms["kd"].loss.class_balance == 1.0
 
+
 @pytest.mark.parametrize("steps_before", [5, 240])
 def test_the_adam_transient_ratio_is_adamw_s_step_after_the_loss_doubles(steps_before):
     param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -261,6 +262,7 @@ def test_the_adam_transient_ratio_is_adamw_s_step_after_the_loss_doubles(steps_b
 def test_the_adam_transient_schedule_is_one_cycle_times_the_ratio_from_the_jump():
     def optimizer():
         return torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=0.1)
+
     kwargs = {"max_lr": 0.1, "total_steps": 40, "pct_start": 0.1}
     transient = OneCycleWithAdamTransient(optimizer(), jump_at=0.5, **kwargs)
     one_cycle = OneCycleLR(optimizer(), **kwargs)
